@@ -1,0 +1,83 @@
+"""Shared fixtures: the repository's paths and a live MicroPython interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+PROTOCOL = ROOT / "protocol"
+VECTORS = PROTOCOL / "vectors"
+
+
+def tool(name: str) -> str:
+    """A command installed beside this interpreter (the venv), else on PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"`{name}` not found: run `make setup` (it installs into .venv)")
+    return found
+
+
+def micropython_env(*extra: Path) -> dict[str, str]:
+    # MICROPYPATH is the unix port's sys.path: the firmware and the wire table
+    # import as they do on a board, as top-level modules.
+    path = [FIRMWARE, PROTOCOL, *extra]
+    return {**os.environ, "MICROPYPATH": os.pathsep.join(str(p) for p in path)}
+
+
+class MicroPython:
+    """A MicroPython process answering one JSON request per line."""
+
+    def __init__(self, script: Path) -> None:
+        self.proc = subprocess.Popen(
+            [tool("micropython"), str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=micropython_env(script.parent),
+            text=True,
+        )
+
+    def __call__(self, **request: object) -> dict:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            pytest.fail(f"micropython exited with {self.proc.wait()}")
+        reply = json.loads(line)
+        if "exception" in reply:
+            pytest.fail(f"firmware codec raised under MicroPython: {reply['exception']}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fw_codec() -> Iterator[MicroPython]:
+    mp = MicroPython(ROOT / "tests" / "mpy" / "codec_server.py")
+    yield mp
+    mp.close()
+
+
+def load_vectors() -> list[dict]:
+    out = []
+    for path in sorted(VECTORS.glob("*.json")):
+        for v in json.loads(path.read_text()):
+            out.append({**v, "file": path.name})
+    return out
+
+
+def load_rejected() -> list[dict]:
+    return json.loads((VECTORS / "invalid" / "rejected.json").read_text())

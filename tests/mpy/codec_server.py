@@ -72,6 +72,30 @@ def encode(req):
     return {"hex": hx(bytes(fr.wire[:n]))}
 
 
+def receive_alloc(data, rounds):
+    # Heap bytes the receiver allocates taking in `rounds` copies of data a
+    # byte at a time, as the firmware's UART reader does.
+    import gc
+
+    d = frame.Deframer()
+    n = len(data)
+    got = 0
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    r = 0
+    while r < rounds:
+        i = 0
+        while i < n:
+            if d.feed(data[i]) > 0:
+                got += 1
+            i += 1
+        r += 1
+    used = gc.mem_alloc() - before
+    gc.enable()
+    return {"bytes": used, "frames": got}
+
+
 def main():
     while True:
         line = sys.stdin.readline()
@@ -84,6 +108,8 @@ def main():
                 r = stream(unhexlify(req["hex"]))
             elif op == "encode":
                 r = encode(req)
+            elif op == "receive_alloc":
+                r = receive_alloc(unhexlify(req["hex"]), req["rounds"])
             elif op == "crc":
                 from crc16 import crc16
                 data = unhexlify(req["hex"])

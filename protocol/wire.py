@@ -80,7 +80,7 @@ MESSAGES = (
         0x04,
         "CLOCK",
         TO_HOST,
-        (("token", "I", "1", 0), ("ticks", "I", "ms", -3)),
+        (("token", "I", "1", 0), ("ticks", "I", "s", -3)),
         (),
     ),
     (

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import protocol_tables
+
 from isopress import codec
 from isopress.protocol import wire
 
@@ -250,6 +252,8 @@ def main() -> int:
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(rejected(), indent=1) + "\n")
     print(f"{path}: frames every receiver must drop, with the reason")
+    protocol_tables.rewrite()
+    print(f"{protocol_tables.DOC}: generated tables")
     missing = {m[1] for m in wire.MESSAGES} - seen
     if missing:
         print(f"no vector for {sorted(missing)}", file=sys.stderr)

@@ -43,7 +43,10 @@ def layouts() -> str:
         head_size = wire.fields_size(head)
         out += ["", f"#### 0x{ident:02X} {name} ({arrow})", ""]
         if head:
-            out += [f"Head, {head_size} bytes; offsets from the start of the payload (frame byte 6):", ""]
+            out += [
+                f"Head, {head_size} bytes; offsets from the start of the payload (frame byte 6):",
+                "",
+            ]
             out += _rows(head, 0)
         else:
             out.append("No payload.")

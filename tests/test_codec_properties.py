@@ -8,11 +8,12 @@ import pytest
 from cobs import cobs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import any_message, wire_frames
-from test_vectors import plain
 
 from isopress import codec
 from isopress.protocol import wire
+
+from strategies import any_message, wire_frames
+from test_vectors import plain
 
 CRC = crcmod.predefined.mkPredefinedCrcFun("crc-ccitt-false")
 # Firmware examples cross a pipe to MicroPython: fewer, and no deadline.
@@ -46,7 +47,9 @@ def test_every_field_at_its_limits_round_trips_in_both_codecs(fw_codec, name, hi
     assert fw["errors"] == {}
     assert fw["frames"][0]["fields"] == plain(fields)
     shown = plain(fields)
-    assert fw_codec(op="encode", message=name, fields=shown, seq=seq, flags=flags)["hex"] == data.hex()
+    assert (
+        fw_codec(op="encode", message=name, fields=shown, seq=seq, flags=flags)["hex"] == data.hex()
+    )
 
 
 @settings(max_examples=500)
@@ -63,11 +66,18 @@ def test_firmware_agrees_with_host(fw_codec, m):
     name, fields, seq, flags = m
     data = codec.encode(name, fields, seq=seq, flags=flags)
     shown = plain(fields)
-    assert fw_codec(op="encode", message=name, fields=shown, seq=seq, flags=flags)["hex"] == data.hex()
+    assert (
+        fw_codec(op="encode", message=name, fields=shown, seq=seq, flags=flags)["hex"] == data.hex()
+    )
     got = fw_codec(op="decode", hex=data.hex())
     assert got["errors"] == {}
     [frame] = got["frames"]
-    assert (frame["message"], frame["seq"], frame["flags"], frame["fields"]) == (name, seq, flags, shown)
+    assert (frame["message"], frame["seq"], frame["flags"], frame["fields"]) == (
+        name,
+        seq,
+        flags,
+        shown,
+    )
 
 
 def _valid(raw: bytes) -> bool:

@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIRMWARE, PROTOCOL, ROOT, micropython_env, tool
 
 from isopress import codec
+
+from conftest import FIRMWARE, PROTOCOL, ROOT, micropython_env, tool
 
 BOARD_MODULES = sorted([*FIRMWARE.rglob("*.py"), PROTOCOL / "wire.py"])
 ARCHES = {"rp2040": "armv6m", "esp32": "xtensawin"}

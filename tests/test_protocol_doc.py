@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 
-import protocol_tables
-from conftest import micropython_env, tool
-
 from isopress import codec
 from isopress.protocol import wire
+
+import protocol_tables
+from conftest import micropython_env, tool
 
 
 def test_generated_tables_are_current():

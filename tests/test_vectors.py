@@ -7,10 +7,11 @@ from __future__ import annotations
 import crcmod.predefined
 import pytest
 from cobs import cobs
-from conftest import load_rejected, load_vectors
 
 from isopress import codec
 from isopress.protocol import wire
+
+from conftest import load_rejected, load_vectors
 
 VECTORS = load_vectors()
 REJECTED = load_rejected()
@@ -59,7 +60,9 @@ def test_host_decodes_vector(v):
 @pytest.mark.parametrize("v", VECTORS, ids=IDS)
 def test_host_encodes_vector(v):
     fields = as_fields(v["message"], v["fields"])
-    assert codec.encode(v["message"], fields, seq=v["seq"], flags=v["flags"]).hex() == v["frame_hex"]
+    assert (
+        codec.encode(v["message"], fields, seq=v["seq"], flags=v["flags"]).hex() == v["frame_hex"]
+    )
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=IDS)
@@ -79,7 +82,9 @@ def test_firmware_decodes_vector(fw_codec, v):
 
 @pytest.mark.parametrize("v", VECTORS, ids=IDS)
 def test_firmware_encodes_vector(fw_codec, v):
-    got = fw_codec(op="encode", message=v["message"], fields=v["fields"], seq=v["seq"], flags=v["flags"])
+    got = fw_codec(
+        op="encode", message=v["message"], fields=v["fields"], seq=v["seq"], flags=v["flags"]
+    )
     assert got["hex"] == v["frame_hex"]
 
 
@@ -103,8 +108,10 @@ def test_vectors_cover_the_protocol():
     assert results == {code for code, _ in wire.RESULTS}
     assert {r["error"] for r in REJECTED} == {name for _, name in wire.FRAME_ERRORS}
     raws = [cobs.decode(bytes.fromhex(v["frame_hex"])[1:-1]) for v in VECTORS]
-    largest = max(
-        m.head_size + m.max_items * m.item_size for m in codec.MESSAGES.values()
-    ) + wire.HEADER_SIZE + wire.CRC_SIZE
+    largest = (
+        max(m.head_size + m.max_items * m.item_size for m in codec.MESSAGES.values())
+        + wire.HEADER_SIZE
+        + wire.CRC_SIZE
+    )
     assert max(len(r) for r in raws) == largest  # the largest frame is there
     assert any(r.count(0) > 20 for r in raws)  # a frame that needs heavy stuffing

@@ -123,11 +123,13 @@ class Message:
         the same table instead of construct's parser, which measured several
         times slower per frame; the tests hold the two to the same result.
         """
-        fields = dict(zip(self._head_names, self._head_layout.unpack_from(payload)))
+        fields = dict(zip(self._head_names, self._head_layout.unpack_from(payload), strict=True))
         if self.item:
             names = self._item_names
             rest = payload[self.head_size :]
-            fields["items"] = [dict(zip(names, v)) for v in self._item_layout.iter_unpack(rest)]
+            fields["items"] = [
+                dict(zip(names, v, strict=True)) for v in self._item_layout.iter_unpack(rest)
+            ]
         return fields
 
 

@@ -1,8 +1,8 @@
 # Runs under MicroPython: answers codec requests from pytest, one JSON line in,
 # one JSON line out, so the firmware codec is tested in the real interpreter
 # without paying an interpreter start per hypothesis example.
-import sys
 import json
+import sys
 from binascii import hexlify, unhexlify
 
 import frame
@@ -112,6 +112,7 @@ def main():
                 r = receive_alloc(unhexlify(req["hex"]), req["rounds"])
             elif op == "crc":
                 from crc16 import crc16
+
                 data = unhexlify(req["hex"])
                 r = {"crc": crc16(data, 0, len(data))}
             else:

@@ -54,15 +54,19 @@ def main():
     fast_us, fast_alloc = measure(telemetry, fr, channels, 1000, count)
     gen_us, gen_alloc = measure(generic, fr, values, channels, count)
     n = telemetry(fr, channels, 1000)
-    print(json.dumps({
-        "channels": channels,
-        "frames": count,
-        "wire_bytes": n,
-        "us_per_frame": fast_us,
-        "alloc_bytes_per_frame": fast_alloc,
-        "generic_us_per_frame": gen_us,
-        "generic_alloc_bytes_per_frame": gen_alloc,
-    }))
+    print(
+        json.dumps(
+            {
+                "channels": channels,
+                "frames": count,
+                "wire_bytes": n,
+                "us_per_frame": fast_us,
+                "alloc_bytes_per_frame": fast_alloc,
+                "generic_us_per_frame": gen_us,
+                "generic_alloc_bytes_per_frame": gen_alloc,
+            }
+        )
+    )
 
 
 main()

@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-PROTOCOL = ROOT / "protocol"
+from isopress import paths
+from isopress.paths import FIRMWARE, PROTOCOL, ROOT, micropython_env
+
+__all__ = ["FIRMWARE", "PROTOCOL", "ROOT", "micropython_env", "tool"]
 VECTORS = PROTOCOL / "vectors"
 
 
 def tool(name: str) -> str:
-    """A command installed beside this interpreter (the venv), else on PATH."""
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if not found:
-        pytest.fail(f"`{name}` not found: run `make setup` (it installs into .venv)")
-    return found
-
-
-def micropython_env(*extra: Path) -> dict[str, str]:
-    # MICROPYPATH is the unix port's sys.path: the firmware and the wire table
-    # import as they do on a board, as top-level modules.
-    path = [FIRMWARE, PROTOCOL, *extra]
-    return {**os.environ, "MICROPYPATH": os.pathsep.join(str(p) for p in path)}
+    try:
+        return paths.tool(name)
+    except paths.ToolMissing as e:
+        pytest.fail(str(e))
 
 
 class MicroPython:
@@ -42,7 +31,7 @@ class MicroPython:
             [tool("micropython"), str(script)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=micropython_env(script.parent),
+            env=paths.micropython_env(script.parent),
             text=True,
         )
 

@@ -127,7 +127,7 @@ def check(buf, n):
         return E_TOO_LONG
     if crc16(buf, 0, n - 2) != buf[n - 2] | (buf[n - 1] << 8):
         return E_CRC
-    if buf[0] != wire.VERSION:
+    if buf[0] != wire.VERSION and buf[1] not in wire.FROZEN:
         return E_VERSION
     if buf[5] != n - _HS - wire.CRC_SIZE:
         return E_LENGTH

@@ -213,6 +213,11 @@ MESSAGES = (
     ),
 )
 
+# IDENTIFY and HELLO keep these ids and layouts in every protocol version, and
+# receivers read them whatever the header's version: two sides of different
+# versions can still tell each other which version each speaks.
+FROZEN = (0x01, 0x02)
+
 # The vocabularies below are numbered values carried in the fields above.
 # Adding a name at the end does not change a layout or the schema hash; a
 # receiver shows a number it does not know as that number.

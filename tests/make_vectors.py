@@ -109,7 +109,7 @@ def telemetry():
             seq=101,
         ),
         vec(
-            "largest frame: most channel-samples that fit",
+            "largest telemetry frame: most channel-samples that fit",
             "TELEMETRY",
             {
                 "time": 0xFFFFFFFF,
@@ -269,7 +269,7 @@ def commands():
             seq=12,
         ),
         vec(
-            "profile: press recipe, largest command",
+            "largest frame: profile of 17 steps, press recipe",
             "PROFILE_LOAD",
             {
                 "channel": 3,
@@ -371,7 +371,7 @@ def rejected():
     flipped[4] ^= 0x10
     cases = [
         (
-            "more than MAX_WIRE bytes before a delimiter",
+            "more than 249 stuffed bytes between delimiters",
             bytes([0x00] + [0xFF] * wire.MAX_WIRE + [0x00]),
             "TOO_LONG",
         ),
@@ -379,7 +379,7 @@ def rejected():
         ("shorter than header and CRC", bytes([0, 0x04, 1, 1, 1, 0]), "SHORT"),
         ("one bit flipped in transit", bytes(flipped), "CRC"),
         ("CRC of another frame", stuffed(1, 0x2A, 5, 0, b"\x01", crc_xor=0x0001), "CRC"),
-        ("protocol version 2", stuffed(2, 0x2A, 5, 0, b"\x01"), "VERSION"),
+        ("protocol version 2 (ISOLATE)", stuffed(2, 0x2A, 5, 0, b"\x01"), "VERSION"),
         ("header length disagrees with frame", stuffed(1, 0x2A, 5, 0, b"\x01", length=2), "LENGTH"),
         ("unknown message id 0x7F", stuffed(1, 0x7F, 5, 0, b"\x01"), "UNKNOWN_MESSAGE"),
         ("ISOLATE with two payload bytes", stuffed(1, 0x2A, 5, 0, b"\x01\x02"), "LAYOUT"),

@@ -203,3 +203,29 @@ def test_construct_definition_and_fast_parser_agree(m):
     definition = msg.construct(len(fields.get("items", ())))
     payload = definition.build(fields)
     assert _public(definition.parse(payload)) == msg.parse(payload) == fields
+
+
+def _as_version(frame: bytes, version: int) -> bytes:
+    raw = bytearray(cobs.decode(frame[1:-1]))
+    raw[0] = version
+    raw[-2:] = codec.crc16(bytes(raw[:-2])).to_bytes(2, "little")
+    return b"\x00" + cobs.encode(bytes(raw)) + b"\x00"
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_identify_and_hello_are_read_whatever_the_version(fw_codec, version):
+    # The handshake must work between versions, so the host can say which
+    # side to update; any other message of another version is dropped.
+    hello = {
+        **extreme(codec.MESSAGES["HELLO"], high=False),
+        "protocol": version,
+        "items": [{"channel": 1, "kind": 1, "sensor": 1, "full_scale": 10_000_000}],
+    }
+    for name, fields in [("HELLO", hello), ("IDENTIFY", {"host_version": version})]:
+        data = _as_version(codec.encode(name, fields), version)
+        assert codec.decode(data[1:-1]).fields == fields
+        assert fw_codec(op="decode", hex=data.hex())["frames"][0]["message"] == name
+    other = _as_version(codec.encode("ISOLATE", {"channel": 1}), version)
+    with pytest.raises(codec.FrameError, match="VERSION"):
+        codec.decode(other[1:-1])
+    assert fw_codec(op="decode", hex=other.hex())["errors"] == {"VERSION": 1}

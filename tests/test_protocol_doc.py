@@ -54,3 +54,9 @@ def test_host_commands_and_device_messages_are_separate():
     to_device = {m.name for m in codec.MESSAGES.values() if m.to_device}
     assert {"IDENTIFY", "CLOCK_QUERY", "SET_SETPOINT", "REPLAY"} <= to_device
     assert not {"HELLO", "TELEMETRY", "EVENT", "ACK", "REPLAY_DONE"} & to_device
+
+
+def test_schema_text_example_in_the_doc_is_right():
+    text = protocol_tables.DOC.read_text()
+    quoted = text.split("It begins\n  `", 1)[1].split("...`", 1)[0]
+    assert wire.schema_text().startswith(quoted)

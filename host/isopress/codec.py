@@ -224,7 +224,7 @@ def unpack(raw: bytes) -> Frame:
     if crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
         raise FrameError("CRC")
     version, ident, seq, flags, length = _HEADER_LAYOUT.unpack_from(raw)
-    if version != wire.VERSION:
+    if version != wire.VERSION and ident not in wire.FROZEN:
         raise FrameError("VERSION", f"protocol {version}, this host reads {wire.VERSION}")
     if length != n - wire.HEADER_SIZE - wire.CRC_SIZE:
         raise FrameError("LENGTH", f"header says {length}, frame holds {n - 8}")

@@ -1,5 +1,9 @@
 """A clean-room isopress frame decoder written only from protocol/PROTOCOL.md.
 
+It was written by a reader who was given the document and the vectors and
+nothing else, as the check that the document is enough to write a decoder:
+if the document changes and this stops passing, the document lost something.
+
 Standard library only: COBS and CRC-16/IBM-3740 are implemented here from the
 document's description (section 1), and the message layouts below are
 transcribed by hand from the document's generated "Message layouts" tables.
@@ -24,13 +28,13 @@ from pathlib import Path
 # Constants from section 1
 # ---------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 1          # "this document describes version 1"
-HEADER_SIZE = 6               # version u8 | msg u8 | seq u16 | flags u8 | length u8
+PROTOCOL_VERSION = 1  # "this document describes version 1"
+HEADER_SIZE = 6  # version u8 | msg u8 | seq u16 | flags u8 | length u8
 CRC_SIZE = 2
 MAX_PAYLOAD = 240
-MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE      # 248 before stuffing
-MAX_STUFFED = MAX_FRAME + 1                           # 249: COBS adds one byte
-MAX_WIRE = MAX_STUFFED + 2                            # 251 with both delimiters
+MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE  # 248 before stuffing
+MAX_STUFFED = MAX_FRAME + 1  # 249: COBS adds one byte
+MAX_WIRE = MAX_STUFFED + 2  # 251 with both delimiters
 
 FLAG_REPLAY = 0x01
 FLAG_RETRY = 0x02
@@ -58,11 +62,15 @@ FRAME_ERRORS = {
 #                item size or None, max items or None, item fields or None)
 LAYOUTS: dict[int, dict] = {
     0x01: dict(
-        name="IDENTIFY", direction="host to device", head_size=1,
+        name="IDENTIFY",
+        direction="host to device",
+        head_size=1,
         head=[(0, "host_version", "u8", "-")],
     ),
     0x02: dict(
-        name="HELLO", direction="device to host", head_size=25,
+        name="HELLO",
+        direction="device to host",
+        head_size=25,
         head=[
             (0, "fw_major", "u8", "-"),
             (1, "fw_minor", "u8", "-"),
@@ -75,7 +83,8 @@ LAYOUTS: dict[int, dict] = {
             (20, "telemetry_hz", "u8", "Hz"),
             (21, "ring_samples", "u32", "-"),
         ],
-        item_size=7, max_items=30,
+        item_size=7,
+        max_items=30,
         items=[
             (0, "channel", "u8", "-"),
             (1, "kind", "u8", "-"),
@@ -84,23 +93,30 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x03: dict(
-        name="CLOCK_QUERY", direction="host to device", head_size=4,
+        name="CLOCK_QUERY",
+        direction="host to device",
+        head_size=4,
         head=[(0, "token", "u32", "-")],
     ),
     0x04: dict(
-        name="CLOCK", direction="device to host", head_size=8,
+        name="CLOCK",
+        direction="device to host",
+        head_size=8,
         head=[
             (0, "token", "u32", "-"),
             (4, "ticks", "u32", "1e-3 s"),
         ],
     ),
     0x10: dict(
-        name="TELEMETRY", direction="device to host", head_size=8,
+        name="TELEMETRY",
+        direction="device to host",
+        head_size=8,
         head=[
             (0, "time", "u32", "1e-3 s"),
             (4, "sample_seq", "u32", "-"),
         ],
-        item_size=17, max_items=13,
+        item_size=17,
+        max_items=13,
         items=[
             (0, "channel", "u8", "-"),
             (1, "pressure", "i32", "1e-6 MPa"),
@@ -112,7 +128,9 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x11: dict(
-        name="EVENT", direction="device to host", head_size=24,
+        name="EVENT",
+        direction="device to host",
+        head_size=24,
         head=[
             (0, "time", "u32", "1e-3 s"),
             (4, "event_seq", "u32", "-"),
@@ -125,7 +143,9 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x12: dict(
-        name="ACK", direction="device to host", head_size=8,
+        name="ACK",
+        direction="device to host",
+        head_size=8,
         head=[
             (0, "cmd_seq", "u16", "-"),
             (2, "cmd", "u8", "-"),
@@ -134,7 +154,9 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x13: dict(
-        name="REPLAY_DONE", direction="device to host", head_size=11,
+        name="REPLAY_DONE",
+        direction="device to host",
+        head_size=11,
         head=[
             (0, "stream", "u8", "-"),
             (1, "first_seq", "u32", "-"),
@@ -143,7 +165,9 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x20: dict(
-        name="SET_SETPOINT", direction="host to device", head_size=9,
+        name="SET_SETPOINT",
+        direction="host to device",
+        head_size=9,
         head=[
             (0, "channel", "u8", "-"),
             (1, "pressure", "i32", "1e-6 MPa"),
@@ -151,7 +175,9 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x21: dict(
-        name="SET_LIMITS", direction="host to device", head_size=25,
+        name="SET_LIMITS",
+        direction="host to device",
+        head_size=25,
         head=[
             (0, "channel", "u8", "-"),
             (1, "max_working", "i32", "1e-6 MPa"),
@@ -163,9 +189,12 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x22: dict(
-        name="PROFILE_LOAD", direction="host to device", head_size=1,
+        name="PROFILE_LOAD",
+        direction="host to device",
+        head_size=1,
         head=[(0, "channel", "u8", "-")],
-        item_size=14, max_items=17,
+        item_size=14,
+        max_items=17,
         items=[
             (0, "step", "u8", "-"),
             (1, "wait_for", "u8", "-"),
@@ -175,18 +204,24 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x23: dict(
-        name="PROFILE_START", direction="host to device", head_size=2,
+        name="PROFILE_START",
+        direction="host to device",
+        head_size=2,
         head=[
             (0, "channel", "u8", "-"),
             (1, "from_step", "u8", "-"),
         ],
     ),
     0x24: dict(
-        name="PROFILE_STOP", direction="host to device", head_size=1,
+        name="PROFILE_STOP",
+        direction="host to device",
+        head_size=1,
         head=[(0, "channel", "u8", "-")],
     ),
     0x25: dict(
-        name="PROFILE_ADVANCE", direction="host to device", head_size=6,
+        name="PROFILE_ADVANCE",
+        direction="host to device",
+        head_size=6,
         head=[
             (0, "channel", "u8", "-"),
             (1, "from_step", "u8", "-"),
@@ -194,11 +229,15 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x26: dict(
-        name="TARE", direction="host to device", head_size=1,
+        name="TARE",
+        direction="host to device",
+        head_size=1,
         head=[(0, "channel", "u8", "-")],
     ),
     0x27: dict(
-        name="CALIBRATE", direction="host to device", head_size=7,
+        name="CALIBRATE",
+        direction="host to device",
+        head_size=7,
         head=[
             (0, "channel", "u8", "-"),
             (1, "action", "u8", "-"),
@@ -207,32 +246,42 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x28: dict(
-        name="ACK_ALARM", direction="host to device", head_size=3,
+        name="ACK_ALARM",
+        direction="host to device",
+        head_size=3,
         head=[
             (0, "channel", "u8", "-"),
             (1, "alarms", "u16", "-"),
         ],
     ),
     0x29: dict(
-        name="VENT", direction="host to device", head_size=5,
+        name="VENT",
+        direction="host to device",
+        head_size=5,
         head=[
             (0, "channel", "u8", "-"),
             (1, "floor", "i32", "1e-6 MPa"),
         ],
     ),
     0x2A: dict(
-        name="ISOLATE", direction="host to device", head_size=1,
+        name="ISOLATE",
+        direction="host to device",
+        head_size=1,
         head=[(0, "channel", "u8", "-")],
     ),
     0x2B: dict(
-        name="GET_CONFIG", direction="host to device", head_size=3,
+        name="GET_CONFIG",
+        direction="host to device",
+        head_size=3,
         head=[
             (0, "channel", "u8", "-"),
             (1, "key", "u16", "-"),
         ],
     ),
     0x2C: dict(
-        name="SET_CONFIG", direction="host to device", head_size=7,
+        name="SET_CONFIG",
+        direction="host to device",
+        head_size=7,
         head=[
             (0, "channel", "u8", "-"),
             (1, "key", "u16", "-"),
@@ -240,7 +289,9 @@ LAYOUTS: dict[int, dict] = {
         ],
     ),
     0x2D: dict(
-        name="REPLAY", direction="host to device", head_size=7,
+        name="REPLAY",
+        direction="host to device",
+        head_size=7,
         head=[
             (0, "stream", "u8", "-"),
             (1, "from_seq", "u32", "-"),
@@ -251,17 +302,29 @@ LAYOUTS: dict[int, dict] = {
 
 # ACK `result` (numbered values table).
 ACK_RESULTS = {
-    0: "OK", 1: "UNKNOWN_MESSAGE", 2: "BAD_LENGTH", 3: "UNKNOWN_CHANNEL",
-    4: "OUT_OF_RANGE", 5: "BAD_STATE", 6: "LATCHED", 7: "NOT_SUPPORTED",
-    8: "BAD_PROFILE", 9: "UNKNOWN_KEY", 10: "STORAGE", 11: "BUSY",
+    0: "OK",
+    1: "UNKNOWN_MESSAGE",
+    2: "BAD_LENGTH",
+    3: "UNKNOWN_CHANNEL",
+    4: "OUT_OF_RANGE",
+    5: "BAD_STATE",
+    6: "LATCHED",
+    7: "NOT_SUPPORTED",
+    8: "BAD_PROFILE",
+    9: "UNKNOWN_KEY",
+    10: "STORAGE",
+    11: "BUSY",
     12: "VERSION",
 }
 
 # Section 2: field types. "N bytes" is handled separately.
 _INT_TYPES = {
-    "u8": "<B", "i8": "<b",
-    "u16": "<H", "i16": "<h",
-    "u32": "<I", "i32": "<i",
+    "u8": "<B",
+    "i8": "<b",
+    "u16": "<H",
+    "i16": "<h",
+    "u32": "<I",
+    "i32": "<i",
 }
 
 
@@ -281,7 +344,7 @@ def _decode_fields(buf: bytes, base: int, fields) -> dict:
         if ftype in _INT_TYPES:
             (out[name],) = struct.unpack_from(_INT_TYPES[ftype], buf, start)
         else:
-            out[name] = buf[start:start + field_size(ftype)].hex()
+            out[name] = buf[start : start + field_size(ftype)].hex()
     return out
 
 
@@ -289,20 +352,19 @@ def _decode_fields(buf: bytes, base: int, fields) -> dict:
 # CRC-16/IBM-3740 (poly 0x1021, init 0xFFFF, no reflection, xorout 0)
 # ---------------------------------------------------------------------------
 
+
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     for byte in data:
         crc ^= byte << 8
         for _ in range(8):
-            if crc & 0x8000:
-                crc = ((crc << 1) ^ 0x1021) & 0xFFFF
-            else:
-                crc = (crc << 1) & 0xFFFF
+            crc = (crc << 1 ^ 4129) & 65535 if crc & 32768 else crc << 1 & 65535
     return crc
 
 
 # ---------------------------------------------------------------------------
 # COBS
 # ---------------------------------------------------------------------------
+
 
 class StuffingError(ValueError):
     pass
@@ -352,6 +414,7 @@ def cobs_encode(data: bytes) -> bytes:
 # Receiving (section 1, "Receiving", steps 2-9)
 # ---------------------------------------------------------------------------
 
+
 class FrameError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -398,7 +461,7 @@ def decode_frame(stuffed: bytes) -> dict:
         count = rest // item_size
         if count > layout["max_items"]:
             raise FrameError("LAYOUT")
-    payload = raw[HEADER_SIZE:HEADER_SIZE + length]
+    payload = raw[HEADER_SIZE : HEADER_SIZE + length]
     fields = _decode_fields(payload, 0, layout["head"])
     if count is not None:
         fields["items"] = [
@@ -528,7 +591,7 @@ if pytest is not None:
         assert {v["error"] for v in _REJECTED} == set(FRAME_ERRORS.values())
 
     def test_section6_example():
-        before = bytes.fromhex("01200a000009" "0180841e00a0860100" "656f")
+        before = bytes.fromhex("01200a0000090180841e00a0860100656f")
         wire = bytes.fromhex("000401200a0106090180841e04a0860103656f00")
         assert crc16(before[:-2]) == 0x6F65
         assert b"\x00" + cobs_encode(before) + b"\x00" == wire
@@ -558,9 +621,7 @@ if pytest is not None:
         stream += bytes.fromhex(_VECTORS[0]["frame_hex"])
         stream += b"\x04\x01"  # unterminated tail: not decoded, not counted
         frames, drops = decode_stream(bytes(stream))
-        assert [f["fields"] for f in frames] == [
-            v["fields"] for v in _VECTORS + _VECTORS[:1]
-        ]
+        assert [f["fields"] for f in frames] == [v["fields"] for v in _VECTORS + _VECTORS[:1]]
         expected: dict[str, int] = {}
         for vec in _REJECTED:
             expected[vec["error"]] = expected.get(vec["error"], 0) + 1

@@ -17,7 +17,6 @@ from crc16 import crc16
 
 HEADER_FMT = "<" + "".join(f[1] for f in wire.HEADER)
 _HS = wire.HEADER_SIZE
-_CRC_AT_MOST = wire.MAX_FRAME - wire.CRC_SIZE
 
 _ERR = dict((name, code) for code, name in wire.FRAME_ERRORS)
 E_TOO_LONG = _ERR["TOO_LONG"]

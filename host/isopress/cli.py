@@ -37,6 +37,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _channels(text: str) -> int:
+    from isopress.codec import MESSAGES
+
+    most = MESSAGES["TELEMETRY"].max_items
+    n = int(text)
+    if not 1 <= n <= most:
+        raise argparse.ArgumentTypeError(f"{n}: a telemetry frame holds 1 to {most} channels")
+    return n
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="isopress",
@@ -52,8 +69,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure and print performance figures")
     bench.add_argument("suite", choices=["protocol"], help="what to measure")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    bench.add_argument("--channels", type=int, default=4, help="channels per frame (4)")
-    bench.add_argument("--frames", type=int, default=20_000, help="frames per run (20000)")
+    bench.add_argument("--channels", type=_channels, default=4, help="channels per frame (4)")
+    bench.add_argument("--frames", type=_positive, default=20_000, help="frames per run (20000)")
     bench.set_defaults(func=cmd_bench)
     return p
 

@@ -57,7 +57,7 @@ def host_figures(channels: int, frames: int) -> dict:
 
     return {
         "host_decode_frames_per_s": round(_rate(decode, frames)),
-        "host_encode_frames_per_s": round(_rate(encode, frames // 4)),
+        "host_encode_frames_per_s": round(_rate(encode, max(1, frames // 4))),
         "wire_bytes_per_frame": len(one),
         "wire_bytes_per_channel_sample": len(one) / channels,
     }
@@ -83,7 +83,7 @@ def firmware_figures(channels: int, frames: int) -> dict:
 def run(channels: int = 4, frames: int = 20_000) -> dict:
     figures = {"channels_per_frame": channels}
     figures |= host_figures(channels, frames)
-    figures |= firmware_figures(channels, frames // 4)
+    figures |= firmware_figures(channels, max(1, frames // 4))
     figures["python"] = platform.python_version()
     figures["machine"] = platform.machine()
     return figures

@@ -9,14 +9,19 @@ from isopress import codec
 _BITS = {"B": 8, "H": 16, "I": 32}
 
 
+def int_range(code: str) -> tuple[int, int]:
+    """Smallest and largest integer a struct code holds."""
+    bits = _BITS[code.upper()]
+    if code.islower():
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
 def value(code: str) -> st.SearchStrategy:
     if code.endswith("s"):
         n = int(code[:-1])
         return st.binary(min_size=n, max_size=n)
-    bits = _BITS[code.upper()]
-    if code.islower():
-        return st.integers(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    return st.integers(0, 2**bits - 1)
+    return st.integers(*int_range(code))
 
 
 def fields(msg: codec.Message) -> st.SearchStrategy[dict]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from isopress import codec
 from isopress.protocol import wire
 
-from strategies import any_message, wire_frames
+from strategies import any_message, int_range, wire_frames
 from test_vectors import plain
 
 CRC = crcmod.predefined.mkPredefinedCrcFun("crc-ccitt-false")
@@ -24,8 +24,7 @@ def extreme(msg: codec.Message, high: bool) -> dict:
     def pick(f: codec.Field):
         if f.code.endswith("s"):
             return bytes([0xFF if high else 0x00]) * int(f.code[:-1])
-        bits = {"B": 8, "H": 16, "I": 32}[f.code.upper()]
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.code.islower() else (0, 2**bits - 1)
+        lo, hi = int_range(f.code)
         return hi if high else lo
 
     out = {f.name: pick(f) for f in msg.head}

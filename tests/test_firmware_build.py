@@ -4,15 +4,15 @@ imports only what both boards have, and the codec allocates nothing."""
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from isopress import codec
+from isopress.bench import protocol as bench_protocol
 
-from conftest import FIRMWARE, PROTOCOL, ROOT, micropython_env, tool
+from conftest import FIRMWARE, PROTOCOL, ROOT, tool
 
 BOARD_MODULES = sorted([*FIRMWARE.rglob("*.py"), PROTOCOL / "wire.py"])
 ARCHES = {"rp2040": "armv6m", "esp32": "xtensawin"}
@@ -53,23 +53,11 @@ def test_imports_only_what_boards_have(path: Path):
             assert top in BUILTIN | OWN, f"{path.name} imports {name}, not on the boards"
 
 
-def _fw_encode(channels: int, count: int) -> dict:
-    script = ROOT / "host" / "isopress" / "bench" / "fw_encode.py"
-    run = subprocess.run(
-        [tool("micropython"), str(script), str(channels), str(count)],
-        capture_output=True,
-        text=True,
-        env=micropython_env(),
-        check=True,
-    )
-    return json.loads(run.stdout)
-
-
 @pytest.mark.parametrize("channels", [1, 4, 8])
 def test_telemetry_encode_allocates_nothing(channels):
-    got = _fw_encode(channels, 200)
-    assert got["alloc_bytes_per_frame"] == 0
-    assert got["generic_alloc_bytes_per_frame"] == 0
+    got = bench_protocol.firmware_figures(channels, 200)
+    assert got["fw_encode_alloc_bytes_per_frame"] == 0
+    assert got["fw_generic_encode_alloc_bytes_per_frame"] == 0
 
 
 def test_receive_allocates_nothing(fw_codec):

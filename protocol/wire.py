@@ -366,3 +366,40 @@ def crc32(data):
 
 def schema_hash():
     return crc32(schema_text().encode())
+
+
+# GET_CONFIG / SET_CONFIG keys: (key, name, scope, unit, exponent, min, max,
+# default). The value travels as SET_CONFIG.value / ACK.value, an i32 in unit
+# x 10**exponent like any field. Board keys go with channel 0, channel keys
+# with the channel's number. A min, max or default of None is worked out from
+# the board profile (PROTOCOL.md, section 5, GET_CONFIG); the firmware's
+# config.py holds those rules and the cross-key ones. Like the vocabularies
+# above, keys may be appended without changing the schema hash.
+CONFIG_KEYS = (
+    (1, "tick_hz", "board", "Hz", 0, 1, 100, 50),
+    (2, "telemetry_hz", "board", "Hz", 0, 1, 100, 10),  # <= tick_hz
+    (3, "host_silence", "board", "s", -3, 1000, 3600000, 10000),
+    (4, "bad_samples", "board", "1", 0, 1, 50, 3),
+    (5, "ring_bytes", "board", "B", 0, 1024, 262144, 24576),
+    (6, "watchdog", "board", "s", -3, 500, 8000, 2000),
+    # The six SET_LIMITS values, in its order.
+    (16, "max_working", "channel", "MPa", -6, 1, None, None),
+    (17, "trip", "channel", "MPa", -6, 1, None, None),
+    (18, "trip_reset", "channel", "MPa", -6, 0, None, None),
+    (19, "min_alarm", "channel", "MPa", -6, 0, None, 0),  # 0 = off
+    (20, "ramp_up", "channel", "MPa/s", -6, 1, 1000000000, None),
+    (21, "ramp_down", "channel", "MPa/s", -6, 1, 1000000000, None),
+    (22, "trip_persist", "channel", "s", -3, 0, 5000, 200),
+    (23, "tolerance", "channel", "MPa", -6, 1, None, None),
+    (24, "deadband", "channel", "MPa", -6, 0, None, None),
+    (25, "min_pulse", "channel", "s", -3, 1, 1000, 5),
+    (26, "min_off", "channel", "s", -3, 0, 60000, 2000),
+    (27, "fill_timeout", "channel", "s", -3, 500, 600000, 10000),
+    (28, "fill_min_rise", "channel", "MPa", -6, 1, None, None),
+    (29, "leak_alarm", "channel", "MPa/s", -6, 1, 1000000, 10),
+    (30, "rise_alarm", "channel", "MPa", -6, 1, None, None),
+    (31, "area", "channel", "mm2", -2, 100, 10000000, 7854),
+    (32, "analog_fs", "channel", "MPa", -6, 1, 1000000000, None),
+    (33, "analog_fs_v", "channel", "V", -3, 1, None, None),
+    (34, "control", "channel", "1", 0, 0, 1, 0),  # 0 on/off valves, 1 proportional
+)

@@ -85,6 +85,28 @@ def vocabularies() -> str:
     return "\n".join(out)
 
 
+def _bound(v: int | None) -> str:
+    return "profile" if v is None else str(v)
+
+
+def config_keys() -> str:
+    out = [
+        "",
+        "Values are integers in the unit shown, as every field; `profile`: worked out from the",
+        "board profile as section 5 says under GET_CONFIG / SET_CONFIG.",
+        "",
+        "| key | name | channel | value = integer x | min | max | default |",
+        "|---:|---|---|---|---:|---:|---:|",
+    ]
+    for key, name, scope, unit, exp, lo, hi, default in wire.CONFIG_KEYS:
+        where = "0" if scope == "board" else "1..n"
+        out.append(
+            f"| {key} | `{name}` | {where} | {_scale(unit, exp)} "
+            f"| {_bound(lo)} | {_bound(hi)} | {_bound(default)} |"
+        )
+    return "\n".join(out)
+
+
 def generated() -> str:
     return "\n".join(
         [
@@ -97,6 +119,9 @@ def generated() -> str:
             "",
             "### Numbered values",
             vocabularies(),
+            "",
+            "### Configuration keys (GET_CONFIG, SET_CONFIG `key`)",
+            config_keys(),
             "",
             END,
         ]

@@ -66,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole system on a simulated holder")
     demo.set_defaults(func=cmd_demo)
 
+    from isopress import simulator
+
+    simulator.add_parser(sub)
+
     bench = sub.add_parser("bench", help="measure and print performance figures")
     bench.add_argument("suite", choices=["protocol"], help="what to measure")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")

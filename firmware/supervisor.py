@@ -1,0 +1,264 @@
+# Safety cut-offs for one channel. Runs every tick after the measurement and
+# before the regulator, and can override it: the regulator only ever sees a
+# channel the supervisor has left in HOLD, RAMP or VENT.
+#
+# What trips, and what the channel does then (DESIGN.md invariant 1):
+#   over-pressure above `trip` for `trip_persist` ms -> TRIPPED: fill closed,
+#       vent open until below `trip_reset`, then every valve closed; latched.
+#       The only fault that vents: over-pressure is the hazard to people.
+#   sensor fault (after the sensor's N bad samples) -> ISOLATED, latched.
+#   fill time-out: fill open for `fill_timeout` ms (summed over pulses)
+#       without a rise of `fill_min_rise` -> supply lost or a leak the fill
+#       cannot beat: ISOLATED, latched. Like a 3D printer's heater watch.
+#   rise with the fill closed beyond `rise_alarm` above setpoint (stuck or
+#       leaking fill valve): alarm; the regulator vents back to setpoint.
+#   leak: the fall the regulator had to make up over `leak_window`, as a
+#       LEAK_RATE event; alarm when faster than `leak_alarm`.
+#   excursion below setpoint - `tolerance`: an EXCURSION event with start,
+#       minimum and duration when it ends (not while the setpoint is rising:
+#       a rise is approached from below by design).
+#   below `min_alarm` (when set): alarm.
+# Latched alarms clear only with ACK_ALARM (channel.acknowledge), and then
+# only once their cause has gone; the channel stays safe until then.
+# Non-latched alarms come and go with their cause, with hysteresis, and each
+# change is an ALARM_RAISED / ALARM_CLEARED event.
+from micropython import const
+
+import wire
+
+_A = dict((n, b) for b, n in wire.ALARMS)
+OVERPRESSURE = const(1 << 0)
+SENSOR_FAULT = const(1 << 1)
+FILL_TIMEOUT = const(1 << 2)
+RISE_FILL_CLOSED = const(1 << 3)
+LEAK = const(1 << 4)
+BELOW_MIN = const(1 << 5)
+EXCURSION = const(1 << 6)
+CONFIG = const(1 << 7)
+LATCHED = const(1 << 15)
+LATCHING = OVERPRESSURE | SENSOR_FAULT | FILL_TIMEOUT | CONFIG
+assert _A["OVERPRESSURE"] == 0 and _A["EXCURSION"] == 6 and _A["LATCHED"] == 15
+
+_E = dict((n, k) for k, n in wire.EVENTS)
+EV_RAISED = _E["ALARM_RAISED"]
+EV_CLEARED = _E["ALARM_CLEARED"]
+EV_TRIP = _E["TRIP"]
+EV_EXCURSION = _E["EXCURSION"]
+EV_LEAK_RATE = _E["LEAK_RATE"]
+
+_M = dict((n, k) for k, n in wire.MODES)
+IDLE = _M["IDLE"]
+HOLD = _M["HOLD"]
+RAMP = _M["RAMP"]
+ISOLATED = _M["ISOLATED"]
+TRIPPED = _M["TRIPPED"]
+VENT = _M["VENT"]
+MONITOR = _M["MONITOR"]
+
+_BIT = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+
+
+def bit_number(mask):
+    for b in _BIT:
+        if mask == 1 << b:
+            return b
+    return 0
+
+
+class Supervisor:
+    def __init__(self, ch):
+        self.ch = ch
+        self.trip_persist = 200
+        self.tolerance = 0
+        self.fill_timeout = 10000
+        self.fill_min_rise = 0
+        self.rise_alarm = 0
+        self.leak_alarm = 10  # Pa/s
+        self.leak_window = 3600000  # ms
+        self.reset()
+
+    def reset(self):
+        self.over_ms = 0  # how long above trip, ms
+        self.fill_open_ms = 0  # fill open time in the present window
+        self.fill_idle_ms = 0  # fill closed since, ms
+        self.fill_base = 0  # pressure when the window began
+        self.exc_on = False
+        self.exc_ms = 0
+        self.exc_min = 0
+        self.leak_ms = 0
+        self.leak_start = 0
+        self.leak_flow = 0
+
+    def _raise(self, mask, a, b):
+        ch = self.ch
+        if ch.alarms & mask:
+            return
+        ch.alarms |= mask
+        ch.emit(EV_RAISED, ch.number, bit_number(mask), a, b, 0)
+
+    def _clear(self, mask):
+        ch = self.ch
+        if ch.alarms & mask:
+            ch.alarms &= ~mask
+            ch.emit(EV_CLEARED, ch.number, bit_number(mask), ch.pressure, 0, 0)
+
+    def latch(self, mask, mode, a, b):
+        # A latching fault: record it, put the channel in its safe mode.
+        ch = self.ch
+        first = not (ch.alarms & mask)
+        ch.alarms |= mask | LATCHED
+        ch.stop_regulating(mode)
+        if first:
+            ch.emit(EV_RAISED, ch.number, bit_number(mask), a, b, 0)
+
+    def check(self, dt):
+        # One tick of checks; dt = tick length in ms. Pressure is Pa.
+        ch = self.ch
+        p = ch.pressure
+        # Sensor first: every other check needs a pressure it can trust.
+        if ch.sensor_fault:
+            self.latch(SENSOR_FAULT, ISOLATED, p, ch.sensor_fault)
+            return
+        # Over-pressure, with a persistence window so one noise spike does
+        # not vent a cell.
+        if p > ch.trip:
+            self.over_ms += dt
+            if self.over_ms >= self.trip_persist and ch.mode != TRIPPED:
+                if ch.kind_monitor:
+                    self.latch(OVERPRESSURE, MONITOR, p, ch.trip)
+                else:
+                    first = not (ch.alarms & OVERPRESSURE)
+                    ch.alarms |= OVERPRESSURE | LATCHED
+                    ch.stop_regulating(TRIPPED)
+                    if first:
+                        ch.emit(EV_TRIP, ch.number, 0, p, ch.trip, self.over_ms)
+        else:
+            self.over_ms = 0
+        if ch.mode == TRIPPED:
+            # Vent to the reset level, then hold; vent again if it climbs
+            # back (a hot oven) above trip.
+            if p > ch.trip_reset:
+                ch.force_vent = True
+            elif p < ch.trip_reset - (ch.trip - ch.trip_reset) // 4:
+                ch.force_vent = False
+            return
+        if ch.kind_monitor:
+            self._below_min(p)
+            return
+        regulating = ch.mode == HOLD or ch.mode == RAMP or ch.mode == VENT
+        self._fill_watch(dt, p)
+        if ch.alarms & LATCHED:
+            return
+        if not regulating:
+            self._excursion_end(p)
+            return
+        sp = ch.setpoint
+        # Rise with the fill closed: the regulator vents it back; this says why.
+        if self.rise_alarm:
+            if not ch.fill_open and p > sp + self.rise_alarm:
+                self._raise(RISE_FILL_CLOSED, p, sp + self.rise_alarm)
+            elif p < sp + self.rise_alarm // 2:
+                self._clear(RISE_FILL_CLOSED)
+        self._below_min(p)
+        self._excursion(dt, p, sp)
+        self._leak(dt, p)
+
+    def _fill_watch(self, dt, p):
+        ch = self.ch
+        if ch.fill_ms_last:
+            if self.fill_open_ms == 0:
+                self.fill_base = p
+            self.fill_open_ms += ch.fill_ms_last
+            self.fill_idle_ms = 0
+            if p - self.fill_base >= self.fill_min_rise:
+                # Progress: a new window starts with the next opening.
+                self.fill_open_ms = 0
+            elif self.fill_open_ms >= self.fill_timeout:
+                self.fill_open_ms = 0
+                self.latch(FILL_TIMEOUT, ISOLATED, p, self.fill_base)
+        else:
+            # Holding pulses come minutes apart; a window that saw no fill
+            # for a while is over (otherwise a week of 5 ms pulses would add
+            # up to a time-out).
+            self.fill_idle_ms += dt
+            if self.fill_idle_ms > 6 * self.fill_timeout:
+                self.fill_open_ms = 0
+
+    def _below_min(self, p):
+        ch = self.ch
+        if ch.min_alarm <= 0:
+            return
+        if p < ch.min_alarm:
+            self._raise(BELOW_MIN, p, ch.min_alarm)
+        elif p > ch.min_alarm + self.tolerance // 2:
+            self._clear(BELOW_MIN)
+
+    def _excursion(self, dt, p, sp):
+        ch = self.ch
+        rising = ch.target > sp
+        if not self.exc_on:
+            if p < sp - self.tolerance and not rising:
+                self.exc_on = True
+                self.exc_ms = 0
+                self.exc_min = p
+                self.exc_sp = sp
+                self._raise(EXCURSION, p, sp - self.tolerance)
+            return
+        self.exc_ms += dt
+        if p < self.exc_min:
+            self.exc_min = p
+        if p >= sp - self.tolerance // 2 or rising:
+            self._excursion_end(p)
+
+    def _excursion_end(self, p):
+        if not self.exc_on:
+            return
+        self.exc_on = False
+        ch = self.ch
+        ch.emit(EV_EXCURSION, ch.number, 0, self.exc_min, self.exc_sp, self.exc_ms)
+        self._clear(EXCURSION)
+
+    def _leak(self, dt, p):
+        # Leak rate = what the pressure did over the window, less what the
+        # valves did to it (the regulator's settled flow sum): the oven's
+        # swing cancels over a window of its period or longer.
+        ch = self.ch
+        reg = ch.reg
+        if self.leak_ms == 0:
+            self.leak_start = ch.settled_pa()
+            reg.flow_sum = 0
+        self.leak_ms += dt
+        if self.leak_ms < self.leak_window or ch.mode != HOLD:
+            if ch.mode != HOLD:
+                self.leak_ms = 0
+            return
+        change = ch.settled_pa() - self.leak_start - (reg.flow_sum << reg.shift)
+        rate = change * 1000 // self.leak_ms  # Pa/s
+        ch.emit(EV_LEAK_RATE, ch.number, 0, rate, p, self.leak_ms)
+        self.leak_ms = 0
+        if -rate > self.leak_alarm:
+            self._raise(LEAK, p, rate)
+        elif -rate < self.leak_alarm // 2:
+            self._clear(LEAK)
+
+    def acknowledge(self, mask):
+        # Clear the latched alarms in mask whose cause has gone. Returns the
+        # bits that stay latched.
+        ch = self.ch
+        mask &= LATCHING
+        gone = 0
+        if mask & OVERPRESSURE and ch.pressure < ch.trip_reset:
+            gone |= OVERPRESSURE
+        if mask & SENSOR_FAULT and not ch.sensor_fault:
+            gone |= SENSOR_FAULT
+        if mask & FILL_TIMEOUT:
+            gone |= FILL_TIMEOUT
+        if mask & CONFIG and not ch.config_bad:
+            gone |= CONFIG
+        for b in _BIT:
+            if gone & (1 << b) and ch.alarms & (1 << b):
+                self._clear(1 << b)
+        if not (ch.alarms & LATCHING):
+            ch.alarms &= ~LATCHED
+            self.reset()
+        return ch.alarms & LATCHING & mask

@@ -9,6 +9,7 @@
 #     cal.clear()                           # back to the nominal function
 #     cal.store() -> (result, value)        # fit the captured points
 #     cal.to_dict() -> dict                 # what config.py keeps
+#     cal.per_area(area_x100) -> Calibration   # a load cell as stack pressure, Pa
 #
 # Signals: ratiometric transducers and the MCU ADC in ppm of the supply
 # (0.5 V of 5 V = 100000), 4-20 mA in uA, load cells in nV/V (signed).
@@ -53,7 +54,7 @@ TARE_PERCENT = 5
 
 _FRAC = 28
 _LOW = (1 << 14) - 1
-_HALF = 0
+_HALF = 1 << (_FRAC - 1)
 _LIMIT = (1 << 30) - 2  # largest |value()|
 
 
@@ -146,6 +147,7 @@ def _fit(nominal, points):
 class Calibration:
     def __init__(self, sensor_kind, sensor_cfg, stored=None):
         self.kind = sensor_kind
+        self.sensor_cfg = sensor_cfg
         self._nominal, self.unit, self.full_scale = _nominal(sensor_kind, sensor_cfg)
         self.tare_limit = self.full_scale * TARE_PERCENT // 100
         n = MAX_POINTS
@@ -197,8 +199,10 @@ class Calibration:
         for point, s, r in points:
             self._pending[point] = (s, r)
 
-    def _commit(self, knots, tare):
+    def _commit(self, knots, tare, slopes=None):
         # Precompute each segment's slope words and clamps (cold path).
+        # slopes: exact (numerator, denominator) per segment instead of the
+        # knots' differences.
         n = len(knots)
         i = 0
         while i < n:
@@ -206,7 +210,9 @@ class Calibration:
             y += tare
             self._x[i] = x
             self._y[i] = y
-            if i < n - 1:
+            if slopes is not None and i < n - 1:
+                dy, dx = slopes[i]
+            elif i < n - 1:
                 dx = knots[i + 1][0] - x
                 dy = knots[i + 1][1] - knots[i][1]
             else:
@@ -215,6 +221,8 @@ class Calibration:
                 dx, dy = 1, 0
             neg = 1 if dy < 0 else 0
             m = ((abs(dy) << _FRAC) + dx // 2) // dx
+            if m >> _FRAC > _LIMIT:
+                raise ValueError("slope too steep for a small int")
             self._q[i] = m >> _FRAC
             self._f[i] = m & ((1 << _FRAC) - 1)
             self._neg[i] = neg
@@ -322,6 +330,45 @@ class Calibration:
             "tare": self._tare,
         }
 
+    def per_area(self, area_x100):
+        # This load cell's function read as stack pressure over an electrode
+        # area in 0.01 mm2: N/mm2 = MPa, so Pa = mN x 100000 / area. A new
+        # Calibration (unit "Pa") whose knots are these divided by the area,
+        # so the tick still does one value(); rebuild it when the area or the
+        # calibration changes. Where a small area takes the line past 1000 MPa
+        # the knot moves along its segment to the last signal inside, and
+        # value() continues the line from there until it saturates.
+        if self.unit != "mN" or type(area_x100) is not int or area_x100 < 1:
+            raise ValueError("per_area needs a load cell and an area > 0")
+        force = self._knots
+        tare = self._tare
+        knots = []
+        for x, y in force:
+            y = (y + tare) * 100000
+            knots.append((x, (2 * y + area_x100) // (2 * area_x100)))
+        knots = _inside(knots)
+        if knots is None:
+            raise ValueError("the whole range is above 1000 MPa at this area")
+        # Each segment keeps the exact slope of the force segment under it:
+        # rounding only the knots leaves every value within 1.1 Pa of the
+        # exact quotient, even far past the last knot.
+        slopes = []
+        i = 1
+        while i < len(knots):
+            mid = (knots[i - 1][0] + knots[i][0]) // 2
+            j = 0
+            while j < len(force) - 2 and mid >= force[j + 1][0]:
+                j += 1
+            dx = force[j + 1][0] - force[j][0]
+            slopes.append(((force[j + 1][1] - force[j][1]) * 100000, dx * area_x100))
+            i += 1
+        out = Calibration(self.kind, self.sensor_cfg)
+        out.unit = "Pa"
+        out.full_scale = min(self.full_scale * 100000 // area_x100, VALUE_MAX)
+        out.tare_limit = 0  # a view: tare and calibrate the force
+        out._commit(knots, 0, slopes)
+        return out
+
 
 def _by_signal(p):
     # Ties (a point captured twice at one signal) go by point number, so the
@@ -331,6 +378,59 @@ def _by_signal(p):
 
 def _int(v):
     return type(v) is int
+
+
+def _inside(knots):
+    # The part of a monotonic knot line within +-VALUE_MAX, cut at integer
+    # signals so that every knot kept is still on the line; None if no part.
+    n = len(knots)
+    out = []
+    i = 0
+    while i < n:
+        x, y = knots[i]
+        if -VALUE_MAX <= y <= VALUE_MAX:
+            out.append((x, y))
+        else:
+            for j in (i - 1, i + 1):
+                if 0 <= j < n and -VALUE_MAX <= knots[j][1] <= VALUE_MAX:
+                    _cut(out, knots[j], knots[i])
+        i += 1
+    if not out:
+        # No knot inside, but a segment may cross the whole band: cut it
+        # both ways from the integer signal nearest its zero.
+        i = 1
+        while i < n:
+            a, b = knots[i - 1], knots[i]
+            if (a[1] < 0) != (b[1] < 0):
+                x = a[0] + (2 * -a[1] * (b[0] - a[0]) + (b[1] - a[1])) // (2 * (b[1] - a[1]))
+                zero = (x, _exact((a, b), x))
+                if -VALUE_MAX <= zero[1] <= VALUE_MAX:
+                    out.append(zero)
+                    _cut(out, zero, a)
+                    _cut(out, zero, b)
+                break
+            i += 1
+    out.sort(key=_first)
+    if len(out) < 2:
+        return None
+    return out
+
+
+def _cut(out, inside, outside):
+    # Append the point nearest `outside` on the line from `inside` (within
+    # the band) towards `outside` (beyond it) whose signal is an integer and
+    # whose value is still within the band.
+    xi, yi = inside
+    xo, yo = outside
+    t = VALUE_MAX if yo > 0 else -VALUE_MAX
+    step = abs((t - yi) * (xo - xi)) // abs(yo - yi)
+    x = xi + step if xo > xi else xi - step
+    if x != xi and all(p[0] != x for p in out):
+        out.append((x, _exact(((xi, yi), (xo, yo)) if xi < xo else ((xo, yo), (xi, yi)), x)))
+
+
+def _first(p):
+    return p[0]
 
 
 def _steps(room, m):

@@ -123,6 +123,8 @@ class Channel:
         self._rem = prod % 1000
         self._acc = 0
         self.source = source
+        if target > start:
+            self.sup.exc_armed = False  # the climb is not an excursion
         self.mode = RAMP if start != target else HOLD
         self.emit(EV_SETPOINT, self.number, source, target, rate, 0)
         self._changed()
@@ -168,6 +170,10 @@ class Channel:
     def _changed(self):
         if self.on_change:
             self.on_change(self)
+
+    def filtered_pa(self):
+        reg = self.reg
+        return reg.p_fast << reg.shift
 
     def settled_pa(self):
         reg = self.reg

@@ -74,7 +74,7 @@ LIMITS = (MAX_WORKING, TRIP, TRIP_RESET, MIN_ALARM, RAMP_UP, RAMP_DOWN)  # SET_L
 
 # Keys that act on valves, which a monitor channel has not got.
 _VALVE_KEYS = (DEADBAND, NAMES["min_pulse"], NAMES["min_off"], NAMES["fill_timeout"],
-               FILL_MIN_RISE, CONTROL)  # fmt: skip
+               FILL_MIN_RISE, CONTROL, NAMES["thermal_tau"])  # fmt: skip
 _MPA = 1000000
 _PA_MAX = 1000000000  # 1000 MPa: a stack pressure above it does not fit
 

@@ -74,26 +74,17 @@ SET_CONFIG = _id("SET_CONFIG")
 
 
 class _Stack:
-    # A load cell's calibration (signal -> mN) as stack pressure (Pa): the
-    # same piecewise-linear function with every knot divided by the area, so
-    # value() stays one integer evaluation (mN * 1000 / mm2 would not fit a
-    # small int on the boards).
+    # A load cell's calibration (signal -> mN) read as stack pressure (Pa):
+    # calibration.per_area divides the whole function by the electrode area,
+    # so the tick still does one integer value().
     def __init__(self, force, area_x100):
         self.force = force
         self.value = None
         self.rescale(area_x100)
 
     def rescale(self, area_x100):
-        f = self.force
-        pa = calibration.Calibration(f.kind, self._cfg_of(f), None)
-        knots = [(x, y * 100000 // area_x100) for x, y in f._knots]
-        pa._commit(knots, f._tare * 100000 // area_x100)
-        self.value = pa.value
+        self.value = self.force.per_area(area_x100).value
         self.area_x100 = area_x100
-
-    @staticmethod
-    def _cfg_of(f):
-        return f.sensor_cfg
 
 
 class Device:
@@ -133,14 +124,12 @@ class Device:
             s = sensors[n]
             kind = _K[c["kind"]]
             force = calibration.Calibration(s.kind, c["sensor"], None)
-            force.sensor_cfg = c["sensor"]
             try:
                 stored = cfg.calibration(n)
                 if stored:
                     force = calibration.Calibration(s.kind, c["sensor"], stored)
-                    force.sensor_cfg = c["sensor"]
             except ValueError:
-                pass
+                pass  # config.load validated it; a profile change can still orphan it
             load_cell = force.unit == "mN"
             cal = _Stack(force, cfg.value(n, "area")) if load_cell else force
             ch = Channel(
@@ -445,3 +434,12 @@ class Device:
         if r != OK:
             return r
         return self._commit(ch, 0, 0)
+
+
+def run(path="/board.json"):
+    # Boot entry (main.py): the board profile from flash, then the loop.
+    import json
+
+    with open(path) as f:
+        profile = json.load(f)
+    Device(profile).run()

@@ -27,6 +27,8 @@ IDLE_MAX_MS = 1000
 PULSE_MAX_MS = 60000
 # Older esp32 firmware takes the watchdog time-out in whole seconds (a shorter
 # one becomes 0 and is refused); from 1 s up it means the same everywhere.
+# The config allows 500 ms, so a shorter request gets this: a board that
+# resets a little later on a hang beats one that cannot boot.
 WDT_MIN_MS = 1000
 # Hardware timer for valve pulses. Virtual timers (-1) run on the FreeRTOS
 # tick, 10 ms by default, and older firmware has none.
@@ -86,8 +88,8 @@ class _Pulses:
     # The ESP32 has four hardware timers for six valves, and their callbacks
     # are scheduled (soft, "hard" is refused) through a queue only a few
     # entries deep, where a dropped callback would leave a valve open. With one
-    # timer there is at most one callback in flight, and idle_until() runs the
-    # same check every tick in case even that was lost.
+    # timer there is at most one callback in flight, and idle_until() closes
+    # valves itself, waking at each pulse's end, in case even that was lost.
     def __init__(self):
         self.valves = []
         self.timer = machine.Timer(PULSE_TIMER_ID)
@@ -211,15 +213,15 @@ def ADC(pin):
 
 
 def WDT(timeout_ms):
+    if timeout_ms < 1:
+        raise ValueError("watchdog timeout %d ms: must be positive" % timeout_ms)
     if timeout_ms < WDT_MIN_MS:
-        raise ValueError(
-            "watchdog timeout %d ms: the ESP32 needs %d or more" % (timeout_ms, WDT_MIN_MS)
-        )
+        timeout_ms = WDT_MIN_MS
     return machine.WDT(timeout=timeout_ms)
 
 
 class Link:
-    # The USB serial console carries the binary frames.
+    # The console, UART0 through the board's USB bridge, carries the frames.
     #
     # Ctrl-C: the REPL would turn every 0x03 byte into a KeyboardInterrupt,
     # and 0x03 occurs inside frames, so interception is switched off. The

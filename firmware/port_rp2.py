@@ -76,7 +76,8 @@ class _Pulses:
     # queue is only a few entries deep: one timer per valve could overflow it
     # when several pulses end together, and a dropped callback would leave a
     # valve open. With one timer there is at most one callback in flight, and
-    # idle_until() runs the same check every tick in case even that was lost.
+    # idle_until() closes valves itself, waking at each pulse's end, in case
+    # even that one was lost.
     def __init__(self):
         self.valves = []
         self.timer = machine.Timer(-1)

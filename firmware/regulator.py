@@ -110,6 +110,7 @@ class Regulator:
         self.out_fill = 0
         self.out_vent = 0
         self.flow_sum = 0  # settled effect of all flow since the supervisor last read it, u
+        self.vent_sum = 0  # the same for venting alone (negative), u
         self.ep_kind = 0  # a holding pulse being watched: 1 fill, 2 vent
         self.ep_before = 0
         self.ep_pred = 0
@@ -149,6 +150,7 @@ class Regulator:
         if vent_ms:
             d = _clamp((self.vent_rate(self.p_fast) * vent_ms) >> 4, 0, _BIG)
             dp -= d
+            self.vent_sum = _clamp(self.vent_sum - (d << 5) // _GAMMA, -_BIG, 0)
             share = _SHARE + (self.e // 16) * 32 // (self.p_fast + self.p0 + 1)
             if share > 0:
                 de -= d * share // _GAMMA

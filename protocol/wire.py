@@ -376,7 +376,7 @@ def schema_hash():
 # config.py holds those rules and the cross-key ones. Like the vocabularies
 # above, keys may be appended without changing the schema hash.
 CONFIG_KEYS = (
-    (1, "tick_hz", "board", "Hz", 0, 1, 100, 50),
+    (1, "tick_hz", "board", "Hz", 0, 1, 100, 20),
     (2, "telemetry_hz", "board", "Hz", 0, 1, 100, 10),  # <= tick_hz
     (3, "host_silence", "board", "s", -3, 1000, 3600000, 10000),
     (4, "bad_samples", "board", "1", 0, 1, 50, 3),
@@ -402,4 +402,6 @@ CONFIG_KEYS = (
     (32, "analog_fs", "channel", "MPa", -6, 1, 1000000000, None),
     (33, "analog_fs_v", "channel", "V", -3, 1, None, None),
     (34, "control", "channel", "1", 0, 0, 1, 0),  # 0 on/off valves, 1 proportional
+    (35, "thermal_tau", "channel", "s", -3, 100, 600000, 10000),  # gas-to-wall time constant
+    (36, "leak_window", "channel", "s", -3, 60000, 86400000, 3600000),  # leak-rate window
 )

@@ -26,9 +26,12 @@ def tool(name: str) -> str:
 class MicroPython:
     """A MicroPython process answering one JSON request per line."""
 
-    def __init__(self, script: Path) -> None:
+    def __init__(self, script: Path, heap: str | None = None) -> None:
+        # The unix port's default heap is small; a simulated board with its
+        # plant and rings wants a few MB.
+        flags = ["-X", f"heapsize={heap}"] if heap else []
         self.proc = subprocess.Popen(
-            [tool("micropython"), str(script)],
+            [tool("micropython"), *flags, str(script)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=paths.micropython_env(script.parent),

@@ -327,6 +327,42 @@ def test_any_monotonic_table_is_exact_to_1(mp, pts):
         assert abs(v - line(knots, s)) <= 1, (s, v, float(line(knots, s)))
 
 
+# ---- a load cell read as stack pressure -------------------------------------
+
+
+@pytest.mark.parametrize("area", [7854, 2827, 50_000, 10_000_000])  # 10, 6 mm pellets, pouches
+def test_per_area_reads_stack_pressure(mp, area):
+    new(mp, LOAD_CELL, CELL_SENSOR)
+    mp(op="cal_tare", signal=20_000)
+    got = mp(op="cal_per_area", area=area)
+    assert got == {"unit": "Pa", "full_scale": 20_000_000 * 100_000 // area}
+    # force (mN) x 100000 / area (0.01 mm2) = Pa; one rounding at the knot,
+    # one in value(), slopes exact: within 1.1 Pa even far past the knots
+    knots = [(20_000, 0), (2_020_000, 20_000_000 * 100_000 / area)]
+    reach = min(SIGNAL_MAX - 20_000, 1000 * area)  # 1e6 / area Pa per nV/V, up to 1000 MPa
+    sweep = mp(op="cal_sweep", knots=knots, lo=20_000 - reach, hi=20_000 + reach, step=997)
+    assert sweep["max_err"] <= 1.1, sweep
+    assert values(mp, [20_000]) == [0]
+
+
+def test_per_area_past_1000_mpa_stays_on_the_line_then_saturates(mp):
+    new(mp, LOAD_CELL, CELL_SENSOR)
+    mp(op="cal_per_area", area=100)  # 1 mm2: 20 kN would be 20 GPa
+    # 10 mN per nV/V over 1 mm2 is 10 kPa per nV/V: on the line up to 1000 MPa
+    signals = list(range(-100_000, 100_001, 7))
+    for s, v in zip(signals, values(mp, signals), strict=True):
+        assert abs(v - s * 10_000) <= 1
+    far = values(mp, [200_000, 2_000_000, SIGNAL_MAX, -SIGNAL_MAX])
+    assert far[:3] == sorted(far[:3]) and all(2**30 - 10_000 < abs(v) < 2**30 for v in far)
+    got = mp(op="cal_alloc", signals=[0, 999, 5000, -5000, SIGNAL_MAX], rounds=200)
+    assert got["bytes"] == 0
+
+
+def test_per_area_needs_a_load_cell(mp):
+    new(mp, RATIO, ISO_SENSOR)
+    assert "load cell" in mp(op="cal_per_area", area=7854)["error"]
+
+
 # ---- the tick's constraints -------------------------------------------------
 
 
@@ -383,6 +419,7 @@ def test_value_keeps_every_intermediate_a_small_int(monkeypatch):
         assert steep.capture(i, s, r) == 0
     assert steep.store()[0] == 0
     cases.append(steep)
+    cases.append(cal_mod.Calibration(LOAD_CELL, CELL_SENSOR).per_area(100))
     code = cal_mod.Calibration.value.__code__
     seen: list[int] = []
 

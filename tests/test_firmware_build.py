@@ -23,7 +23,7 @@ BUILTIN = {
 }  # fmt: skip
 OWN = {p.stem for p in BOARD_MODULES}
 # Port-only modules, allowed in the files that run only on that port.
-PORT_ONLY = {"hx711_pio.py": {"rp2"}}
+PORT_ONLY = {"hx711_pio.py": {"rp2"}, "port_rp2.py": {"rp2"}, "port_esp32.py": {"esp32"}}
 
 
 @pytest.mark.parametrize("board", ARCHES)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,13 @@ from conftest import FIRMWARE, PROTOCOL, ROOT, tool
 PORTS = ["rp2", "esp32"]
 PYRIGHT_CONFIG = ROOT / "firmware" / "pyrightconfig.json"
 STUB_CACHE = ROOT / ".venv" / "isopress-stubs"
-STUB_PACKAGES = {"rp2": "micropython-rp2-stubs", "esp32": "micropython-esp32-stubs"}
+# The MicroPython release the firmware targets (the unix port here is 1.29);
+# the cache folder is named after it, so a new pin installs afresh.
+STUB_VERSION = "1.29"
+STUB_PACKAGES = {
+    "rp2": f"micropython-rp2-stubs=={STUB_VERSION}.*",
+    "esp32": f"micropython-esp32-stubs=={STUB_VERSION}.*",
+}
 # What each port must check clean: the port itself and the board-only drivers.
 TYPED = {
     "rp2": ["port_rp2.py", "hx711_pio.py", "main.py"],
@@ -307,11 +314,11 @@ def done(obj):
 
 
 def run_mpy(tmp_path: Path, code: str, stdin: bytes = b"") -> dict:
-    """Runs `code` (after `import fakeboard`) under MicroPython; returns the
+    """Runs `code` (after `import mpboard`) under MicroPython; returns the
     JSON object it printed last."""
-    (tmp_path / "fakeboard.py").write_text(FAKE_BOARD)
+    (tmp_path / "mpboard.py").write_text(FAKE_BOARD)
     script = tmp_path / "snippet.py"
-    script.write_text("import fakeboard\nfrom fakeboard import done, advance\n" + code)
+    script.write_text("import mpboard\nfrom mpboard import done, advance\n" + code)
     path = os.pathsep.join(str(p) for p in (tmp_path, FIRMWARE, PROTOCOL))
     run = subprocess.run(
         [tool("micropython"), str(script)],
@@ -326,7 +333,7 @@ def run_mpy(tmp_path: Path, code: str, stdin: bytes = b"") -> dict:
 
 
 def port_snippet(port: str, body: str) -> str:
-    return f"B = fakeboard.install({port!r})\nimport port_{port} as P\n{body}"
+    return f"B = mpboard.install({port!r})\nimport port_{port} as P\n{body}"
 
 
 # --- valves ---------------------------------------------------------------
@@ -623,11 +630,15 @@ done({"i2c": bus.args, "err": err, "freq": a.pwm.freq, "duties": duties,
 
 
 @pytest.mark.parametrize(
-    ("port", "good", "bad"),
-    [("rp2", [1, 8388], [0, 8389]), ("esp32", [1000, 30000], [0, 999])],
+    ("port", "good", "got", "bad"),
+    [
+        ("rp2", [1, 500, 8388], [1, 500, 8388], [0, 8389]),
+        # Older esp32 firmware counts whole seconds: shorter requests get 1 s.
+        ("esp32", [500, 1000, 30000], [1000, 1000, 30000], [0, -5]),
+    ],
 )
-def test_watchdog_limits(tmp_path, port, good, bad):
-    got = run_mpy(
+def test_watchdog_limits(tmp_path, port, good, got, bad):
+    result = run_mpy(
         tmp_path,
         port_snippet(
             port,
@@ -644,8 +655,8 @@ done({{"ok": ok, "errs": errs}})
 """,
         ),
     )
-    assert got["ok"] == good
-    assert all(e and "watchdog timeout" in e for e in got["errs"])
+    assert result["ok"] == got
+    assert all(e and "watchdog timeout" in e for e in result["errs"])
 
 
 @pytest.mark.parametrize("port", PORTS)
@@ -771,7 +782,7 @@ def test_link_on_real_streams_moves_bytes_and_allocates_nothing(tmp_path, port):
     # write(buf, offset, length) as the boards' USB and UART consoles.
     data = bytes(range(256)) * 4
     code = f"""
-B = fakeboard.install({port!r}, fake_sys=False)
+B = mpboard.install({port!r}, fake_sys=False)
 import sys
 import gc
 import port_{port} as P
@@ -816,7 +827,7 @@ def test_hal_picks_the_port_by_platform(tmp_path, platform, port):
     got = run_mpy(
         tmp_path,
         f"""
-B = fakeboard.install("rp2" if {platform!r} != "esp32" else "esp32")
+B = mpboard.install("rp2" if {platform!r} != "esp32" else "esp32")
 B.sys.platform = {platform!r}
 
 
@@ -835,8 +846,8 @@ done({{"port": hal.PORT, "fs": hal.FS, "valve": hasattr(hal, "Valve"),
 
 RECORD_DEVICE = """
 # Stands in for firmware/device.py: records the pins as main.py left them.
-import fakeboard
-B = fakeboard.B
+import mpboard
+B = mpboard.B
 B.at_import = {str(p): [B.mode.get(p), B.level.get(p)] for p in (6, 7, 8, 9, 10, 11, 2)}
 
 
@@ -849,7 +860,7 @@ def run():
 
 def main_snippet(profile: str, exc: str, pause: int = 5000) -> str:
     return f"""
-B = fakeboard.install("rp2")
+B = mpboard.install("rp2")
 for p in (6, 7, 8, 9, 10, 11):
     B.level[p] = 1  # as if left open across a soft reset
 B.sys.platform = "rp2"
@@ -933,11 +944,11 @@ def pyright() -> str:
 
 def stubs(port: str) -> Path:
     """The board's stubs, installed once into .venv (pip needs the network only then)."""
-    target = STUB_CACHE / port
+    target = STUB_CACHE / f"{port}-{STUB_VERSION}"
     if (target / "machine.pyi").exists():
         return target
-    partial = STUB_CACHE / (port + ".partial")
-    subprocess.run(["rm", "-rf", str(partial)], check=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     run = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          "--no-compile", "--target", str(partial), STUB_PACKAGES[port]],
@@ -945,7 +956,10 @@ def stubs(port: str) -> Path:
     )  # fmt: skip
     if run.returncode != 0:
         pytest.fail(f"could not install {STUB_PACKAGES[port]}:\n{run.stderr}")
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another run got there first
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

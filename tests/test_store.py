@@ -390,6 +390,16 @@ def test_reads_from_other_threads(st):
     assert all(n in (10, 20) for n in seen) and len(seen) == 4
 
 
+def test_a_thread_per_read_does_not_pile_up_connections(st):
+    st.add_samples([sample(0)])
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(40):  # as a thread-per-request HTTP server would
+        t = threading.Thread(target=st.samples, args=("dev1", 1))
+        t.start()
+        t.join()
+    assert len(os.listdir("/proc/self/fd")) - fds < 10
+
+
 WRITER = textwrap.dedent(
     """
     import sys

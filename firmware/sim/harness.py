@@ -18,8 +18,22 @@ import port_sim
 WDT_RESET = 3  # machine.WDT_RESET on the boards
 
 
+def provision(fs, profile):
+    # What `isopress flash` does for a new board: write the default config,
+    # so the board boots ready instead of isolated with CONFIG_BAD.
+    import config
+
+    cfg, status = config.load(fs, profile)
+    if status == config.MISSING:
+        cfg.save()
+
+
 class Sim:
-    def __init__(self, profile, plant_params=None, fs="", link=None, speed=0, plant=None):
+    def __init__(
+        self, profile, plant_params=None, fs="", link=None, speed=0, plant=None, fresh=True
+    ):
+        if fresh:
+            provision(fs, profile)
         self.profile = profile
         self.plant = plant if plant is not None else plant_mod.Plant(plant_params)
         self.link = link if link is not None else port_sim.MemoryLink()

@@ -13,6 +13,7 @@ T0C = 273.15
 DAY_S = 86400.0
 _TWO_PI = 2.0 * math.pi
 _MASK = 0xFFFFFFFF
+_INF = float("inf")
 
 # Above this pressure ratio an orifice is treated as laminar (flow linear in
 # the pressure difference). The textbook formula goes like sqrt(dp) there,
@@ -24,8 +25,12 @@ _RTOL_M = 1.0e-6
 _ATOL_T = 1.0e-4
 # First step after a flow path opens: an orifice opening is a step change.
 _H_START = 2.0e-4
-# Closed-valve chunks follow the oven and the breathing sinusoids piecewise
-# linearly; 64 chunks per period keeps that error below 0.01 % of the swing.
+# An open path to atmosphere this many times faster than the gas's thermal
+# time constant pins the pressure at atmosphere (see _quiet_vent).
+_QUIET = 200.0
+# With valves closed the gas follows the oven exactly, but creep sees the
+# breathing and the thermal force, and flowing gas sees the oven, as constant
+# or linear over a chunk: 64 chunks per period keep that well below 0.1 %.
 _CHUNKS_PER_PERIOD = 64.0
 _MAX_CHUNK_S = 60.0
 
@@ -562,10 +567,12 @@ def _ca(d_mm, cd):
     return cd * math.pi * (d_mm * 1.0e-3) ** 2 / 4.0
 
 
-def _lag(x, a, b, s_tau, e):
-    """First-order lag x -> target over one step, exactly, for a target moving
-    linearly from a to b: s_tau is slope*tau, e = exp(-h/tau)."""
-    return b - s_tau + (x - a + s_tau) * e
+def _follow(x, e, base, k, wt, s0, c0, s1, c1):
+    """x after one step of a first-order lag (e = exp(-h/tau)) behind the
+    oven, base + a sin(w t), exactly: the steady response to a sinusoid is
+    base + k (sin - wt cos), k = a / (1 + wt^2), wt = w tau; sN, cN are
+    sin and cos of w t at the step's ends."""
+    return base + k * (s1 - wt * c1) + (x - base - k * (s0 - wt * c0)) * e
 
 
 # ---------------------------------------------------------------- sensors
@@ -702,6 +709,7 @@ class Holder:
         s = self.sensor
         self._ostep = f.get("oven_step", 0.0)
         self._oamp = f.get("oven_swing", self._plant._swing)
+        self._oven_changed()
         self._to = self._plant._oven_at(self._t, self._ostep, self._oamp)
         s.unplugged = "sensor_unplugged" in f
         s.spike = f.get("noise_spikes", 0.0) / 100.0
@@ -723,15 +731,13 @@ class Holder:
     def supply_v(self):
         return self.sensor.supply_v(self._t)
 
+    def _oven_changed(self):
+        pass
+
     @property
     def oven_temp(self):
         """K, this holder's oven (with oven faults)."""
         return self._to
-
-    def _oven_pair(self, s0, s1):
-        base = self._plant._oven_k + self._ostep
-        a = self._oamp
-        return base + a * s0, base + a * s1
 
 
 class _GasHolder(Holder):
@@ -768,7 +774,12 @@ class _GasHolder(Holder):
         self._ca_out = 0.0
         self._eh = -1.0  # step length the cached exponentials belong to
         self._k_leak = -1.0
+        self._wt = plant._w * self._tau
+        self._oven_changed()
         self._mech = False  # a piston to settle after every step
+
+    def _oven_changed(self):
+        self._ka = self._oamp / (1.0 + self._wt * self._wt)
 
     @staticmethod
     def _leak_rate(pct):
@@ -870,7 +881,7 @@ class _GasHolder(Holder):
         """Pop open at the set pressure, reseat below it by the blowdown."""
         if not self._relief:
             return False
-        pg = self.gas_pressure
+        pg = self._m * self._gas.R * self._T / self._V - self._pa
         if not self.relief_open and pg >= self._relief:
             self.relief_open = True
             return True
@@ -889,11 +900,33 @@ class _GasHolder(Holder):
         self._e_leak = math.exp(-h * self._leak_k)
         self._k_leak = self._leak_k
 
-    def _gas_chunk(self, t0, t1, to0, to1):
+    def _quiet_vent(self):
+        """Rate constant (1/s) of the paths to atmosphere when they hold the
+        gas there, else 0. Near equilibrium an orifice is laminar, a leak
+        with k = Cd A klam R sqrt(T) / V; when k tau is large the equations
+        are stiff (steps of a fraction of 1/k) but their limit is simple."""
+        if self._ca_out == 0.0 or (self._ca_in > 0.0 and self._ps > self._pa):
+            return 0.0
+        gas = self._gas
+        T = self._T
+        pa = self._pa
+        if abs(self._m * gas.R * T / self._V - pa) > (1.0 - _R_LAM) * pa:
+            return 0.0
+        k = self._ca_out * gas.klam * gas.R * math.sqrt(T) / self._V
+        return k if k * self._tau >= _QUIET else 0.0
+
+    def _gas_chunk(self, t0, t1, s0, c0, s1, c1):
         h = t1 - t0
+        base = self._plant._oven_k + self._ostep
         if self._set_paths():
-            self._tw0 = to0
-            self._tws = (to1 - to0) / h
+            k = self._quiet_vent()
+            if k:
+                self._at_atmosphere(h, k, base, s0, c0, s1, c1)
+                return
+            # while gas flows the steps are short: the oven is linear in each
+            a = self._oamp
+            self._tw0 = base + a * s0
+            self._tws = a * (s1 - s0) / h
             self._tc0 = t0
             self._integrate(t0, t1)
             return
@@ -905,13 +938,31 @@ class _GasHolder(Holder):
             gas = self._gas
             m = self._m
             ma = self._pa * self._V / (gas.R * T)
-            m1 = ma + (m - ma) * self._e_leak
-            # what stays behind expands (isentropically) into what left:
-            # first order in the tiny mass fraction lost per step
-            T = T * (1.0 + (gas.g - 1.0) * (m1 - m) / m)
-            self._m = m1
-        s_tau = (to1 - to0) * self._tau / h
-        self._T = to1 - s_tau + (T - to0 + s_tau) * self._e_tau
+            self._m = ma + (m - ma) * self._e_leak
+            # What stays behind expands into what left, cooling at a steady
+            # (g - 1) T k P_gauge / P_abs; against the wall that is a target
+            # shifted by rate * tau, which keeps the result exact whatever
+            # the step length.
+            base -= (gas.g - 1.0) * T * self._leak_k * (m - ma) / m * self._tau
+        # _follow, inlined: this is the line every closed tick runs
+        k = self._ka
+        wt = self._wt
+        self._T = base + k * (s1 - wt * c1) + (T - base - k * (s0 - wt * c0)) * self._e_tau
+        if self._mech or self._relief:
+            self._after_step()
+
+    def _at_atmosphere(self, h, k, base, s0, c0, s1, c1):
+        """An open vent holds the gas at atmosphere: at constant pressure the
+        wall's heat goes into c_p, so the gas follows the wall with time
+        constant gamma tau, and the mass follows P_atm V / (R T) within 1/k."""
+        gas = self._gas
+        tp = gas.g * self._tau
+        wt = self._plant._w * tp
+        T0 = self._T
+        T1 = _follow(T0, math.exp(-h / tp), base, self._oamp / (1.0 + wt * wt), wt, s0, c0, s1, c1)
+        c = self._pa * self._V / gas.R
+        self._m = c / T1 + (self._m - c / T0) * math.exp(-k * h)
+        self._T = T1
         if self._mech or self._relief:
             self._after_step()
 
@@ -944,6 +995,11 @@ class _GasHolder(Holder):
             e2 = abs(et) / _ATOL_T
             if e2 > err:
                 err = e2
+            if err < 1.0e-6:
+                hn = 5.0 * h
+            else:
+                f = 0.9 / err ** (1.0 / 3.0)
+                hn = h * (5.0 if f > 5.0 else 0.2 if f < 0.2 else f)
             if err <= 1.0 or h < 1.0e-9:
                 used += h * (2.0 * k1u + 3.0 * k2u + 4.0 * k3u) / 9.0
                 t = t1 if last else t + h
@@ -954,20 +1010,16 @@ class _GasHolder(Holder):
                 k1u = k4u
                 self._m = m
                 self._T = T
+                self._h = hn
                 if self._after_step():
-                    # the piston moved or the relief valve changed: restart
-                    self._set_paths()
+                    # the piston moved or the relief valve changed: the state
+                    # jumped, so the last stage is no longer the next first
+                    self._set_paths()  # resets self._h if a path opened or closed
                     m = self._m
                     T = self._T
-                    h = self._h
+                    hn = self._h
                     k1m, k1t, k1u = rates(t, m, T)
-                    continue
-            if err < 1.0e-6:
-                h *= 5.0
-            else:
-                f = 0.9 / err ** (1.0 / 3.0)
-                h *= 5.0 if f > 5.0 else 0.2 if f < 0.2 else f
-            self._h = h
+            h = hn
         self.gas_used = used
 
 
@@ -992,11 +1044,10 @@ class Isostatic(_GasHolder):
     def _measurand(self):
         return self.gas_pressure
 
-    def _chunk(self, t0, t1, s0, s1):
-        to0, to1 = self._oven_pair(s0, s1)
-        self._gas_chunk(t0, t1, to0, to1)
+    def _chunk(self, t0, t1, s0, c0, s1, c1):
+        self._gas_chunk(t0, t1, s0, c0, s1, c1)
         self._t = t1
-        self._to = to1
+        self._to = self._plant._oven_k + self._ostep + self._oamp * s1
 
 
 class _Stack:
@@ -1005,7 +1056,7 @@ class _Stack:
     relax_tau_s), thermal expansion and breathing, all as a displacement
     `d` (m) added to what the frame imposes."""
 
-    def __init__(self, cfg, oven_k):
+    def __init__(self, cfg, oven_k, w):
         self.ks = cfg["stiffness_n_per_mm"] * 1000.0
         r = cfg["relax_pct"] / 100.0
         self.r = r
@@ -1014,6 +1065,7 @@ class _Stack:
         self.tau_c = self.tau_r * (1.0 + self.alpha)
         self.kth = cfg["thermal_n_per_k"]
         self.tau_t = cfg["stack_tau_s"]
+        self.wt = w * self.tau_t
         self.fb = cfg["breathing_n"]
         self.wb = _TWO_PI / cfg["breathing_period_s"]
         self.area = cfg["area_mm2"] * 1.0e-6
@@ -1024,18 +1076,21 @@ class _Stack:
         self.d = 0.0
         self._eh = -1.0
 
-    def advance(self, t1, h, to0, to1, frame, force):
-        """frame: compression (m) a locked (bolted) frame imposes, or None
-        when a piston sets the force; creep then follows the present force."""
+    def advance(self, t1, h, base, a, s0, c0, s1, c1, frame, force):
+        """Over one step to t1 in an oven at base + a sin(w t). frame:
+        compression (m) a locked (bolted) frame imposes, or None when a
+        piston sets the force; creep then follows the present force."""
         if h != self._eh:
             self._eh = h
             self._e_t = math.exp(-h / self.tau_t) if self.tau_t else 0.0
             self._e_r = math.exp(-h / self.tau_r)
             self._e_c = math.exp(-h / self.tau_c)
         if self.tau_t:
-            self.temp = _lag(self.temp, to0, to1, (to1 - to0) * self.tau_t / h, self._e_t)
+            wt = self.wt
+            k = a / (1.0 + wt * wt)
+            self.temp = _follow(self.temp, self._e_t, base, k, wt, s0, c0, s1, c1)
         else:
-            self.temp = to1
+            self.temp = base + a * s1
         fb = self.fb * math.sin(self.wb * t1) if self.fb else 0.0
         self.src = (self.kth * (self.temp - self.t_ref) + fb) / self.ks
         if frame is None:
@@ -1063,10 +1118,11 @@ class Uniaxial(_GasHolder):
         self._ymin = -cfg["retract_mm"] * 1.0e-3
         self._y = self._ymin
         _GasHolder.__init__(self, plant, ch, cfg, rng, fs, self._vd)
+        self._mech = True
         self._fret = cfg["return_spring_n"]
         self._fn = cfg["friction_n"]
         self._fr = cfg["friction_pct"] / 100.0
-        self.stack = _Stack(cfg, plant._oven_k)
+        self.stack = _Stack(cfg, plant._oven_k, plant._w)
         self._F = 0.0
         self._peak = 0.0
         self._settle()
@@ -1186,14 +1242,15 @@ class Uniaxial(_GasHolder):
             self._peak = f
             self.sensor.overload(f)
 
-    def _chunk(self, t0, t1, s0, s1):
-        to0, to1 = self._oven_pair(s0, s1)
+    def _chunk(self, t0, t1, s0, c0, s1, c1):
+        base = self._plant._oven_k + self._ostep
+        a = self._oamp
         # the stack's slow drifts move once per chunk; the gas steps settle
         # the piston against them
-        self.stack.advance(t1, t1 - t0, to0, to1, None, self._F)
-        self._gas_chunk(t0, t1, to0, to1)
+        self.stack.advance(t1, t1 - t0, base, a, s0, c0, s1, c1, None, self._F)
+        self._gas_chunk(t0, t1, s0, c0, s1, c1)
         self._t = t1
-        self._to = to1
+        self._to = base + a * s1
 
 
 class Monitor(Holder):
@@ -1204,7 +1261,7 @@ class Monitor(Holder):
 
     def __init__(self, plant, ch, cfg, rng):
         Holder.__init__(self, plant, ch, cfg, rng, cfg["sensor"]["capacity_n"])
-        self.stack = _Stack(cfg, plant._oven_k)
+        self.stack = _Stack(cfg, plant._oven_k, plant._w)
         self._frame = cfg["preload_n"] / self.stack.ks
         self._F = cfg["preload_n"]
         self._peak = 0.0
@@ -1240,12 +1297,13 @@ class Monitor(Holder):
             self._peak = self._F
             self.sensor.overload(self._F)
 
-    def _chunk(self, t0, t1, s0, s1):
-        to0, to1 = self._oven_pair(s0, s1)
-        self.stack.advance(t1, t1 - t0, to0, to1, self._frame, self._F)
+    def _chunk(self, t0, t1, s0, c0, s1, c1):
+        base = self._plant._oven_k + self._ostep
+        a = self._oamp
+        self.stack.advance(t1, t1 - t0, base, a, s0, c0, s1, c1, self._frame, self._F)
         self._update_force()
         self._t = t1
-        self._to = to1
+        self._to = base + a * s1
 
 
 _CLASSES = {"isostatic": Isostatic, "uniaxial": Uniaxial, "monitor": Monitor}
@@ -1280,7 +1338,8 @@ class Plant:
         self._oven_k = p["oven_c"] + T0C
         self._swing = p["oven_swing_k"]
         self._w = _TWO_PI / p["oven_period_s"]
-        self._s = 0.0
+        self._s = 0.0  # sin and cos of the oven's phase at self.t
+        self._c = 1.0
         chunk = p["oven_period_s"] / _CHUNKS_PER_PERIOD
         if chunk > _MAX_CHUNK_S:
             chunk = _MAX_CHUNK_S
@@ -1300,6 +1359,7 @@ class Plant:
                 if f["duration_s"] is not None:
                     events.append((f["at_s"] + f["duration_s"], ch, f["kind"], None))
         self.channels = sorted(self._holders)
+        self._list = [self._holders[ch] for ch in self.channels]
         self._max_chunk = chunk
         # stable: entries at the same time apply in the order written
         order = list(range(len(events)))
@@ -1339,25 +1399,43 @@ class Plant:
 
     def advance(self, dt):
         """Advance every holder dt seconds with the present valve states."""
-        if not _is_number(dt) or not dt >= 0.0 or not math.isfinite(dt):
+        tp = type(dt)
+        if (tp is not float and tp is not int) or not 0.0 <= dt < _INF:
             raise ValueError("advance: dt = %r: expected a finite number of seconds >= 0" % (dt,))
-        t_end = self.t + dt
-        holders = [self._holders[ch] for ch in self.channels]
+        self._run_to(self.t + dt)
+
+    def advance_to(self, t_s):
+        """Advance to absolute time t_s (s), without summing rounding errors
+        of many small steps: a virtual ms clock can pass ms / 1000.0."""
+        tp = type(t_s)
+        if (tp is not float and tp is not int) or not self.t <= t_s < _INF:
+            raise ValueError(
+                "advance_to: t_s = %r: expected a finite time >= p.t = %r s" % (t_s, self.t)
+            )
+        self._run_to(float(t_s))
+
+    def _run_to(self, t_end):
+        t = self.t
+        holders = self._list
         ev = self._events
-        while self.t < t_end:
-            t0 = self.t
-            t1 = t0 + self._max_chunk
+        while t < t_end:
+            t1 = t + self._max_chunk
             if t1 > t_end:
                 t1 = t_end
             if self._ev < len(ev) and ev[self._ev][0] < t1:
                 t1 = ev[self._ev][0]
             s0 = self._s
-            s1 = math.sin(self._w * t1)
+            c0 = self._c
+            wt = self._w * t1
+            s1 = math.sin(wt)
+            c1 = math.cos(wt)
             for h in holders:
-                h._chunk(t0, t1, s0, s1)
+                h._chunk(t, t1, s0, c0, s1, c1)
             self._s = s1
-            self.t = t1
-            self._fire_events()
+            self._c = c1
+            self.t = t = t1
+            if self._ev < len(ev):
+                self._fire_events()
 
     def truth_header(self):
         """Column names of truth_row(), PLANT.md says what each holds."""

@@ -606,8 +606,9 @@ class Link:
         )
 
     def start(self) -> asyncio.Task[None]:
-        """Runs the link as a task of the running loop."""
+        """Runs the link as a task of the running loop (again, after close())."""
         if self._task is None or self._task.done():
+            self._closing = False
             self._task = asyncio.get_running_loop().create_task(self.run(), name=self.name)
         return self._task
 
@@ -625,7 +626,7 @@ class Link:
         run() stopped, TimeoutError after `timeout` seconds."""
         async with asyncio.timeout(timeout):
             while not self._live:
-                if self._stopped.is_set() and self._task is not None:
+                if self._stopped.is_set():
                     raise self.error or NotConnected(f"{self.name}: link stopped")
                 up = asyncio.ensure_future(self._up.wait())
                 stopped = asyncio.ensure_future(self._stopped.wait())
@@ -672,7 +673,6 @@ class Link:
         """Connects and reconnects until close(). Raises VersionMismatch (or
         LinkError for a port name pyserial cannot use) when retrying is useless."""
         self._loop = asyncio.get_running_loop()
-        self._closing = False
         self.error = None
         self._stopped.clear()
         lo, hi = self.backoff_s
@@ -683,11 +683,11 @@ class Link:
                 try:
                     await self._connect()
                 except VersionMismatch as e:
-                    self._fatal(e)
+                    self._fatal(e, "incompatible")
                     raise
                 except ValueError as e:  # pyserial: an unknown URL scheme or bad setting
                     err = LinkError(f"{self.name}: cannot open {self.url!r}: {e}")
-                    self._fatal(err)
+                    self._fatal(err, "failed")
                     raise err from None
                 except (*PORT_ERRORS, HandshakeFailed) as e:
                     self._teardown(str(e))
@@ -713,7 +713,7 @@ class Link:
         finally:
             self._teardown("link stopped")
             self._stopped.set()
-            if self.state != "incompatible":
+            if self.error is None:
                 self._set_state("stopped", "")
 
     # -- connection ----------------------------------------------------------
@@ -784,7 +784,8 @@ class Link:
         self._probe_at = self._loop.time() + self.event_probe_s  # the replays below probe
         self._beat()
         for stream, tracker in ((TELEMETRY, self._samples), (EVENT, self._events)):
-            self._request_replay(stream, tracker.first_wanted(), REPLAY_ALL)
+            if self._live:
+                self._request_replay(stream, tracker.first_wanted(), REPLAY_ALL)
 
     def _new_boot(self, hello: Hello) -> None:
         """The board reset (or another board is on the port): close the old
@@ -841,10 +842,10 @@ class Link:
                 sent = "sent, not acknowledged" if c.transmissions else "not sent"
                 c.future.set_exception(LinkDown(f"{self.name}: {c.message} {sent}: {reason}"))
 
-    def _fatal(self, err: LinkError) -> None:
+    def _fatal(self, err: LinkError, state: str) -> None:
         self.error = err
         self._teardown(str(err))
-        self._set_state("incompatible", str(err))
+        self._set_state(state, str(err))
         log.error("%s", err)
 
     async def _pause(self, seconds: float) -> None:
@@ -1028,6 +1029,9 @@ class Link:
     ) -> asyncio.Future[Ack]:
         assert self._loop is not None
         cmd = _Command(message, fields, client, check, self._loop.create_future())
+        if not self._live:  # the connection ended while its own setup was queuing
+            cmd.future.set_exception(NotConnected(f"{self.name}: {message} not sent"))
+            return cmd.future
         self._queue.append(cmd)
         self._stats.commands += 1
         self._pump()
@@ -1181,13 +1185,13 @@ class Link:
             self._gap(self._boot_id, stream, a, b, "not_held")
         # and it has produced up to last_seq: every live frame up to there was
         # written before this REPLAY_DONE, so what has not arrived was lost
-        if tracker.note_upto(tracker.extend(f["last_seq"])):
-            self._stats.gaps += 1
+        opened = tracker.note_upto(tracker.extend(f["last_seq"]))
+        self._stats.gaps += opened
         if not tracker.missing:
             r.stalled = 0
             return
         first = tracker.missing[0][0]
-        r.stalled = r.stalled + 1 if first == r.first_asked else 0
+        r.stalled = r.stalled + 1 if first == r.first_asked and not opened else 0
         if r.stalled >= REPLAY_STALLED_ROUNDS:
             # held by the board, asked for again and again, never delivered
             a, b = tracker.give_up_first()

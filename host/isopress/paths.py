@@ -28,8 +28,9 @@ def tool(name: str) -> str:
 
 
 def micropython_env(*extra: Path) -> dict[str, str]:
-    """Environment for the unix port: firmware modules import as on a board."""
+    """Environment for the unix port: firmware modules import as on a board,
+    and `hal` finds the sim port (firmware/sim) because the platform is not a board."""
     if not (FIRMWARE / "frame.py").exists():
         raise ToolMissing(f"firmware sources not found under {FIRMWARE}: run from a checkout")
-    path = [FIRMWARE, PROTOCOL, *extra]
+    path = [FIRMWARE, PROTOCOL, FIRMWARE / "sim", *extra]
     return {**os.environ, "MICROPYPATH": os.pathsep.join(str(p) for p in path)}

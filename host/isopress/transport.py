@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 
@@ -57,6 +58,7 @@ class Transport:
         self._port: serial.SerialBase | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
+        self._raw_fd: int | None = None  # read with one os.read (POSIX serial only)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._on_data: Callable[[bytes], None] = _ignore
@@ -101,6 +103,11 @@ class Transport:
             try:
                 loop.add_reader(fd, self._readable)
                 self._fd = fd
+                # pyserial's read() polls with select() before and after its
+                # os.read; the loop has just said the fd is readable, so a
+                # POSIX port (opened O_NONBLOCK by pyserial) needs only the read
+                if type(port).__module__ == "serial.serialposix":
+                    self._raw_fd = fd
                 return
             except (NotImplementedError, ValueError, OSError):
                 pass  # e.g. a Windows proactor loop: fall back to the thread
@@ -125,7 +132,7 @@ class Transport:
         self._stop.set()
         if self._fd is not None and self._loop is not None:
             self._loop.remove_reader(self._fd)
-            self._fd = None
+            self._fd = self._raw_fd = None
         thread, self._thread = self._thread, None
         if thread is not None:
             cancel = getattr(port, "cancel_read", None)
@@ -143,7 +150,14 @@ class Transport:
         if port is None:
             return
         try:
-            data = port.read(READ_CHUNK)
+            if self._raw_fd is not None:
+                data = os.read(self._raw_fd, READ_CHUNK)
+                if not data:  # readable with nothing to read: the device is gone
+                    raise serial.SerialException("device disconnected (read returned no data)")
+            else:
+                data = port.read(READ_CHUNK)
+        except BlockingIOError:
+            return  # woken for nothing: a spurious readiness report
         except PORT_ERRORS as e:
             self._lost(e)
             return

@@ -123,6 +123,12 @@ def cal_op(op, req):
         return {"result": r, "value": v}
     if op == "to_dict":
         return {"stored": cal.to_dict()}
+    if op == "per_area":
+        try:
+            state["cal"] = cal.per_area(req["area"])
+        except ValueError as e:
+            return {"error": str(e)}
+        return {"unit": state["cal"].unit, "full_scale": state["cal"].full_scale}
     if op == "sweep":
         return sweep(cal, req["knots"], req["lo"], req["hi"], req["step"])
     if op == "alloc":

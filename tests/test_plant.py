@@ -192,7 +192,7 @@ def test_open_vent_holds_atmosphere_and_the_gas_warms_at_constant_pressure(d_mm)
     assert abs(h.pressure) < 10.0
     p.advance(7200.0)  # cheap either way: about 120 chunks
     assert abs(h.pressure) < 1.0  # the integrator's tolerance: 1e-6 of the mass
-    assert h.gas_temp == pytest.approx(T_OVEN + 5.0, abs=1e-6)
+    assert h.gas_temp == pytest.approx(T_OVEN + 5.0, abs=1e-3)  # and 1e-4 K on temperature
 
 
 def test_sealed_chamber_moves_0_33_pct_per_kelvin_at_30c():

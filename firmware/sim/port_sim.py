@@ -93,7 +93,7 @@ def idle_until(t):
     _advance_plant(target)
     if _speed:
         wall = time.ticks_ms()
-        due = _wall0 + (_now - _sim0) // _speed
+        due = time.ticks_add(_wall0, int((_now - _sim0) / _speed))
         wait = time.ticks_diff(due, wall)
         if wait > 0:
             time.sleep_ms(wait)

@@ -66,9 +66,11 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole system on a simulated holder")
     demo.set_defaults(func=cmd_demo)
 
-    from isopress import simulator
+    from isopress import export, flash, simulator
 
     simulator.add_parser(sub)
+    export.add_parser(sub)
+    flash.add_parser(sub)
 
     bench = sub.add_parser("bench", help="measure and print performance figures")
     bench.add_argument("suite", choices=["protocol"], help="what to measure")

@@ -80,6 +80,7 @@ def ads_continuous(req):
     stopped = adc.stop()
     clock.t += 200
     vs[req["input"]] = req["volts"][0]
+    clock.auto = 1  # the blocking read's wait advances virtual time
     single = adc.read_blocking(req["input"])
     return {
         "started": ok,

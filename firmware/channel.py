@@ -6,9 +6,8 @@
 # Pressure is Pa (gauge) everywhere, as an int; for a load cell it is the
 # stack pressure, force / electrode area, which the calibration produces
 # directly (the device builds it with the area folded in).
-from micropython import const
-
 import wire
+from micropython import const
 from regulator import Regulator
 from supervisor import (
     HOLD,
@@ -198,11 +197,11 @@ class Channel:
         # One control tick. The regulator sees a sample each tick (the last
         # good one if the sensor had nothing new: sensors run at their own
         # rate, and a stale sample only slows the filters).
-        self.measure(now)
+        fresh = self.measure(now)
         reg = self.reg
         sh = reg.shift
         if self.measured:
-            reg.observe(self.pressure >> sh, self.fill_ms_last, self.vent_ms_last)
+            reg.observe(self.pressure >> sh, self.fill_ms_last, self.vent_ms_last, fresh)
         self.sup.check(self.tick_ms)
         mode = self.mode
         fill_ms = 0

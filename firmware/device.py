@@ -15,6 +15,7 @@
 # valves were closed through the reset, so the cell kept its pressure, and
 # resuming is what keeps it. A profile resumes PAUSED at its step (profile.py).
 import gc
+from profile import Profile
 
 import calibration
 import config
@@ -27,7 +28,6 @@ from channel import Channel
 from clock import Clock
 from cycler_io import CyclerIO
 from endpoint import Endpoint
-from profile import Profile
 from supervisor import CONFIG, HOLD, ISOLATED, LATCHED, RAMP, VENT
 
 FIRMWARE = (0, 1, 0)

@@ -1,4 +1,4 @@
-# ruff: noqa: F821  (PIO assembler names exist only inside rp2.asm_pio)
+# ruff: noqa: F403, F405, F821  (PIO assembler names exist only inside rp2.asm_pio)
 # HX711 on the RP2040 with a PIO state machine: the same interface as
 # hx711.HX711, but the clocking runs in hardware, so the SCK high time is
 # exactly 2 us whatever the CPU does and interrupts stay on.
@@ -15,6 +15,12 @@ import time
 
 import rp2
 from machine import Pin
+
+# The type checker reads the PIO assembler's names from the board stubs;
+# on the board the block never runs (rp2.asm_pio provides them there).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rp2.asm_pio import *
 
 OK = 0
 ERR_TIMEOUT = 2
@@ -50,11 +56,12 @@ class HX711PIO:
     def __init__(self, dout, sck, gain=128, sm_id=0, clock=time):
         self._dout_pin = dout
         self._sck_pin = sck
-        self._sm_id = sm_id
-        self._sm = None
+        self._sm = rp2.StateMachine(sm_id)
         self._ticks = clock.ticks_ms
         self._diff = clock.ticks_diff
         self.error = OK
+        self.data_gain = 128
+        self._next_gain = 128
         self.set_gain(gain)
 
     def _start(self):
@@ -106,22 +113,18 @@ class HX711PIO:
     def power_down(self):
         # Stop the state machine and hold SCK high from the CPU: the chip
         # sleeps after 60 us.
-        if self._sm is not None:
-            self._sm.active(0)
+        self._sm.active(0)
         self._sck_pin.init(Pin.OUT, value=1)
 
     def power_up(self):
         # SCK goes low when the state machine takes the pin back; the chip
         # wakes at A/128 and this driver's pulses set the gain from then on.
-        self._sm = rp2.StateMachine(
-            self._sm_id,
-            _hx711,
-            freq=_FREQ,
-            sideset_base=self._sck_pin,
-            in_base=self._dout_pin,
-        )
-        self._sm.put(_PULSES[self.gain] - 1)
-        self._sm.active(1)
+        sm = self._sm
+        sm.init(_hx711, freq=_FREQ, sideset_base=self._sck_pin, in_base=self._dout_pin)
+        while sm.rx_fifo():
+            sm.get()  # words from before the restart
+        sm.put(_PULSES[self.gain] - 1)
+        sm.active(1)
         self.data_gain = 128
         self._next_gain = 128
 

@@ -124,9 +124,11 @@ class Regulator:
             pa = 1
         return _clamp((pa * self.vent_k) >> 12, 1, _MAX_RATE)
 
-    def observe(self, p, fill_ms, vent_ms):
-        # One new sample p (u); fill_ms / vent_ms: how long each valve was open
-        # during the tick that just ended.
+    def observe(self, p, fill_ms, vent_ms, fresh=True):
+        # One tick: p (u) the latest sample, fresh if it is new this tick
+        # (sensors run at their own rates; a stale sample only advances the
+        # model); fill_ms / vent_ms how long each valve was open during the
+        # tick that just ended.
         if not self.primed:
             self.p_fast = p
             self.p_slow = p * 16
@@ -157,8 +159,14 @@ class Regulator:
         relax = (self.e // 16) // self.n_tau  # u this tick
         self.flow_sum = _clamp(self.flow_sum + (((dp << 5) // _GAMMA) if dp else 0), -_BIG, _BIG)
         pred = self.p_fast + self.v_fast // self.per_s + dp - relax
-        r = _clamp(p - pred, -(1 << 20), 1 << 20)
         self.e += (de - relax) * 16
+        if not fresh:
+            # Prediction only; the flow still counts towards the windows.
+            self.p_fast = pred
+            self.p_slow += (dp - relax) * 16
+            self._count(fill_ms, vent_ms)
+            return
+        r = _clamp(p - pred, -(1 << 20), 1 << 20)
         self.p_fast = pred + r // 4
         # The residual of a tick of flow, per ms of flow, corrects that
         # valve's rate: quickly while it is new, then gently. Short pulses do
@@ -185,6 +193,9 @@ class Regulator:
         # first-order low-pass.
         self.p_slow += (dp - relax) * 16
         self.p_slow += (p * 16 - self.p_slow) >> self.slow_shift
+        self._count(fill_ms, vent_ms)
+
+    def _count(self, fill_ms, vent_ms):
         if fill_ms or vent_ms:
             self.closed_ms = 0
         elif self.closed_ms < (1 << 20):
@@ -272,7 +283,9 @@ class Regulator:
                 return
             want = _clamp(sp + db // 2 - ps, 0, _BIG)
             inst = (want * _GAMMA) >> 5  # present-pressure step for that settled gain
-            room = hi + (db if far else 0) - p_now
+            # While far (a step up, the gas cooling after it) the present
+            # pressure is held at most half a deadband above setpoint.
+            room = (sp + db // 2 if far else hi) - p_now
             if inst > room:
                 inst = room
             if inst <= 0:

@@ -39,8 +39,10 @@
 # latter) rather than taking the control loop down.
 #
 # Integers only: scale factors are fixed-point (n, s) with n in [2**16, 2**17)
-# computed once from the profile's floats; products are split so that every
-# intermediate stays below 2**30, MicroPython's small-int limit on the boards.
+# computed once from the profile's floats (relative error under 8e-6, far
+# inside any transducer's accuracy, and a gain error the span calibration
+# takes out); products are split so that every intermediate stays below
+# 2**30, MicroPython's small-int limit on the boards.
 import ads1x15
 import hx711
 import mcu_adc
@@ -278,6 +280,21 @@ class AdsShare:
         self._now = now
         if not self.slots:
             return
+        try:
+            self._step(now)
+        except Exception:
+            # Not an OSError (the driver catches those) but a bug or a bus
+            # object misbehaving: this slot's result is lost, reported as
+            # errno -1, and the next slot is tried, so every channel on the
+            # chip learns of it rather than only the one that polled first.
+            if self._i >= 0:
+                s = self.slots[self._i]
+                s.failed = True
+                s.errno = -1
+                s.seq = (s.seq + 1) & 0xFFFF
+            self._busy = False
+
+    def _step(self, now):
         if not self._busy:
             self._start(now)
             return
@@ -313,6 +330,15 @@ class AdsSensor(Sensor):
         self._sup = supply  # slot of the supply input, or None: nominal supply
         self._n, self._s = k
         self._seen = 0
+        # No result for timeout_ms, and still none in late_polls polls after
+        # that (both set once the share's slots are known), is a missing
+        # chip, whatever the share's state. The share converts at most one
+        # slot per poll, so after a stalled loop (a flash write) every other
+        # slot needs a few more polls: that is not a missing chip.
+        self.timeout_ms = 0
+        self.late_polls = 0
+        self._t = 0
+        self._late = 0
         self._max = share.ads.max_counts
         self._min = share.ads.min_counts
 
@@ -320,8 +346,16 @@ class AdsSensor(Sensor):
         self._share_poll(now)
         slot = self._slot
         if slot.seq == self._seen:
+            if self._diff(now, self._t) >= self.timeout_ms:
+                self._late += 1
+                if self._late >= self.late_polls:
+                    self._t = now
+                    self._late = 0
+                    return self._missing(0)
             return False
         self._seen = slot.seq
+        self._t = now
+        self._late = 0
         if slot.failed:
             return self._missing(slot.errno)
         c = slot.counts
@@ -628,7 +662,11 @@ def build(profile, hal):
         if stuck is not None:
             s.stuck_samples = stuck
         out[ch] = s
+    now = hal.ticks_ms()
     for s in out.values():
         if isinstance(s, AdsSensor):
             s.period_ms = s._share.round_ms()
+            s.timeout_ms = 3 * s.period_ms + 10
+            s.late_polls = len(s._share.slots) + 2
+            s._t = now
     return out

@@ -22,9 +22,8 @@
 # only once their cause has gone; the channel stays safe until then.
 # Non-latched alarms come and go with their cause, with hysteresis, and each
 # change is an ALARM_RAISED / ALARM_CLEARED event.
-from micropython import const
-
 import wire
+from micropython import const
 
 _A = dict((n, b) for b, n in wire.ALARMS)
 OVERPRESSURE = const(1 << 0)

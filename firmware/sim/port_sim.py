@@ -72,8 +72,8 @@ def _advance_plant(to):
             if v._open and v._close_at < nxt:
                 nxt = v._close_at
         if nxt > _now:
-            _plant.advance((nxt - _now) / 1000.0)
             _now = nxt
+            _plant.advance_to(_now / 1000.0)
         for v in _valves:
             if v._open and v._close_at <= _now:
                 v._set(False)

@@ -16,13 +16,24 @@ from isopress import __version__, paths
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench_protocol(args: argparse.Namespace) -> int:
     from isopress.bench import protocol
 
     figures = protocol.run(channels=args.channels, frames=args.frames)
     print(protocol.report(figures))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def cmd_bench_firmware(args: argparse.Namespace) -> int:
+    from isopress.bench import firmware
+
+    figures = firmware.run(hours=args.hours)
+    print(firmware.report(figures))
+    if args.json:
+        firmware.write_json(figures, Path(args.json))
         print(f"wrote {args.json}")
     return EXIT_OK
 
@@ -54,6 +65,13 @@ def _positive(text: str) -> int:
     return n
 
 
+def _hours(text: str) -> float:
+    h = float(text)
+    if not 0 < h <= 24 * 30:
+        raise argparse.ArgumentTypeError(f"{h}: hours must be above 0 and at most 720")
+    return h
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="isopress",
@@ -73,11 +91,20 @@ def parser() -> argparse.ArgumentParser:
     flash.add_parser(sub)
 
     bench = sub.add_parser("bench", help="measure and print performance figures")
-    bench.add_argument("suite", choices=["protocol"], help="what to measure")
-    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    bench.add_argument("--channels", type=_channels, default=4, help="channels per frame (4)")
-    bench.add_argument("--frames", type=_positive, default=20_000, help="frames per run (20000)")
-    bench.set_defaults(func=cmd_bench)
+    suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    proto = suites.add_parser("protocol", help="codec speed and wire size")
+    proto.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    proto.add_argument("--channels", type=_channels, default=4, help="channels per frame (4)")
+    proto.add_argument("--frames", type=_positive, default=20_000, help="frames per run (20000)")
+    proto.set_defaults(func=cmd_bench_protocol)
+    fw = suites.add_parser(
+        "firmware", help="heap, allocation, tick time, sim speed, control on the reference plant"
+    )
+    fw.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    fw.add_argument(
+        "--hours", type=_hours, default=24.0, help="simulated hours of the hold test (24)"
+    )
+    fw.set_defaults(func=cmd_bench_firmware)
     return p
 
 

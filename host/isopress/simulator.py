@@ -248,7 +248,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--link", required=True, type=Path, help="path of the pty link to create")
-    p.add_argument("--plant", type=Path, help="plant description (TOML); default: the reference rig")
+    p.add_argument(
+        "--plant", type=Path, help="plant description (TOML); default: the reference rig"
+    )
     p.add_argument("--truth", type=Path, help="write the plant's true state as CSV here")
     p.add_argument(
         "--speed", type=float, default=1.0, help="simulated seconds per wall second (0 = max)"

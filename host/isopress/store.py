@@ -31,13 +31,15 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from isopress.protocol import wire
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _IDLE_READERS = 4  # read connections kept open between reads
+RESUME_WINDOW = 100_000  # sequence numbers searched for holes when a bridge restarts
 
 # Columns of a sample as add_samples takes them and samples() returns them
 # (plus the derived fill and vent bits on the way out).
@@ -198,6 +200,52 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
                 cycle INTEGER CHECK (cycle IS NULL OR cycle >= 0)
             ) STRICT""",
             "CREATE INDEX cycler_events_by_time ON cycler_events (device, channel, utc)",
+        ),
+    ),
+    (
+        2,
+        "boot epochs (samples and events numbered per device across board resets), "
+        "gaps with an unknown end, ACK values of commands",
+        (
+            # One row per board boot the bridge saw: the stored seq of a sample
+            # is sample_base + the device's sample_seq in that boot, so a reset
+            # (sample_seq from 0 again) never collides with earlier rows.
+            """CREATE TABLE boots (
+                device INTEGER NOT NULL REFERENCES devices(id),
+                epoch INTEGER NOT NULL CHECK (epoch >= 1),
+                boot_id INTEGER NOT NULL CHECK (boot_id BETWEEN 0 AND 65535),
+                board_id TEXT NOT NULL DEFAULT '',
+                sample_base INTEGER NOT NULL CHECK (sample_base >= 0),
+                event_base INTEGER NOT NULL CHECK (event_base >= 0),
+                first_seen_utc REAL NOT NULL,
+                PRIMARY KEY (device, epoch)
+            ) STRICT, WITHOUT ROWID""",
+            # Rows written before epochs existed were numbered from 0 by the
+            # device: they are epoch 1 with bases 0.
+            """INSERT INTO boots
+                SELECT id, 1, coalesce(boot_id, 0) & 65535, board_id, 0, 0, first_seen_utc
+                FROM devices d
+                WHERE EXISTS (SELECT 1 FROM samples s WHERE s.device = d.id)
+                   OR EXISTS (SELECT 1 FROM events e WHERE e.device = d.id)""",
+            # last_seq NULL: the end is unknown (a board reset cut the stream
+            # at a point the bridge never saw). SQLite cannot drop NOT NULL in
+            # place, so the table is rebuilt.
+            """CREATE TABLE gaps_v2 (
+                id INTEGER PRIMARY KEY,
+                device INTEGER NOT NULL REFERENCES devices(id),
+                stream TEXT NOT NULL CHECK (stream IN ('TELEMETRY', 'EVENT')),
+                first_seq INTEGER NOT NULL,
+                last_seq INTEGER,
+                detected_utc REAL NOT NULL,
+                reason TEXT NOT NULL,
+                CHECK (last_seq IS NULL OR last_seq >= first_seq)
+            ) STRICT""",
+            "INSERT INTO gaps_v2 SELECT id, device, stream, first_seq, last_seq, detected_utc, "
+            "reason FROM gaps",
+            "DROP TABLE gaps",
+            "ALTER TABLE gaps_v2 RENAME TO gaps",
+            "CREATE INDEX gaps_by_seq ON gaps (device, stream, first_seq)",
+            "ALTER TABLE commands ADD COLUMN value INTEGER",
         ),
     ),
 )
@@ -1167,14 +1215,17 @@ class Store:
                 row,
             ).fetchone()[0]
 
-    def set_command_result(self, command_id: int, result: str | int, utc: float) -> None:
-        """Record a command's outcome: an ACK result name, or e.g. "TIMEOUT"."""
+    def set_command_result(
+        self, command_id: int, result: str | int, utc: float, value: int | None = None
+    ) -> None:
+        """Record a command's outcome: an ACK result name, or e.g. "TIMEOUT",
+        and the ACK's value (GET_CONFIG's value, the limit an OUT_OF_RANGE broke)."""
         if not isinstance(result, str):
             result = _name(RESULTS, result, "ACK result")
         with self._write(f"recording the result of command {command_id}") as conn:
             cur = conn.execute(
-                "UPDATE commands SET result = ?, result_utc = ? WHERE id = ?",
-                (result, _finite(utc, "utc"), command_id),
+                "UPDATE commands SET result = ?, result_utc = ?, value = ? WHERE id = ?",
+                (result, _finite(utc, "utc"), value, command_id),
             )
             if cur.rowcount != 1:
                 raise StoreError("unknown", f"no command {command_id!r} in {self.path}")
@@ -1182,7 +1233,8 @@ class Store:
     def commands(self, since_utc: float | None = None, device: str | None = None) -> list[dict]:
         sql = (
             "SELECT c.id, c.utc, c.client, d.name AS device, c.channel, c.message, c.args, "
-            "c.seq, c.result, c.result_utc FROM commands c JOIN devices d ON d.id = c.device"
+            "c.seq, c.result, c.result_utc, c.value FROM commands c "
+            "JOIN devices d ON d.id = c.device"
         )
         where, params = [], []
         if device is not None:
@@ -1203,11 +1255,12 @@ class Store:
         device: str,
         stream: int | str,
         first_seq: int,
-        last_seq: int,
+        last_seq: int | None,
         detected_utc: float,
         reason: str,
     ) -> int:
-        """Record sequence numbers first_seq..last_seq (inclusive) as lost for good."""
+        """Record sequence numbers first_seq..last_seq (inclusive) as lost for good;
+        last_seq None: from first_seq to an end nobody saw (a board reset)."""
         row = (
             self._device_id(device),
             _stream(stream),
@@ -1272,6 +1325,426 @@ class Store:
             sql += " AND c.utc < ?"
             params.append(_finite(until_utc, "until_utc"))
         return self._dicts(sql + " ORDER BY c.utc, c.id", params)
+
+    # -- boots: sequence epochs across board resets -----------------------
+
+    def add_boot(
+        self,
+        device: str,
+        *,
+        epoch: int,
+        boot_id: int,
+        sample_base: int,
+        event_base: int,
+        utc: float,
+        board_id: str = "",
+    ) -> None:
+        """Record a board boot as the device's sequence epoch `epoch`."""
+        row = (
+            self._device_id(device),
+            epoch,
+            boot_id,
+            board_id,
+            sample_base,
+            event_base,
+            _finite(utc, "utc"),
+        )
+        with self._write(f"recording boot {boot_id} of {device!r}") as conn:
+            conn.execute(_INSERT_BOOT, row)
+
+    _BOOT_SQL = (
+        "SELECT d.name AS device, b.epoch, b.boot_id, b.board_id, b.sample_base, b.event_base, "
+        "b.first_seen_utc FROM boots b JOIN devices d ON d.id = b.device WHERE b.device = ?"
+    )
+
+    def boots(self, device: str) -> list[dict]:
+        """The device's boots, oldest first: each one's epoch and sequence bases."""
+        return self._dicts(self._BOOT_SQL + " ORDER BY b.epoch", (self._device_id(device),))
+
+    def latest_boot(self, device: str) -> dict | None:
+        rows = self._dicts(
+            self._BOOT_SQL + " ORDER BY b.epoch DESC LIMIT 1", (self._device_id(device),)
+        )
+        return rows[0] if rows else None
+
+    def resume_point(self, device: str, window: int = RESUME_WINDOW) -> dict | None:
+        """Where the record of the device's latest boot stops, for a bridge
+        that restarts: the latest boot's row plus `sample_next` and
+        `event_next`, the first sequence numbers *of that boot* (device
+        numbering, from 0) neither stored nor recorded as lost. Holes are
+        looked for in the last `window` sequence numbers, so a sample that
+        was still waiting for its replay when the bridge died is asked for
+        again; anything older than that is beyond any board's ring. None if
+        the device has no boot recorded."""
+        boot = self.latest_boot(device)
+        if boot is None:
+            return None
+        device_id = self._device_id(device)
+        with self._reader() as conn:
+            try:
+                boot["sample_next"] = (
+                    _first_unrecorded(conn, device_id, "TELEMETRY", boot["sample_base"], window)
+                    - boot["sample_base"]
+                )
+                boot["event_next"] = (
+                    _first_unrecorded(conn, device_id, "EVENT", boot["event_base"], window)
+                    - boot["event_base"]
+                )
+            except sqlite3.Error as e:
+                raise self._error(e, f"finding where {device}'s record stops") from e
+        return boot
+
+    def last_event(self, device: str, channel: int, kinds: Sequence[str]) -> dict | None:
+        """The device's newest event of one of `kinds` on `channel`."""
+        marks = ", ".join("?" * len(kinds))
+        rows = self._dicts(
+            self._EVENT_SQL + f" WHERE e.device = ? AND e.channel = ? AND e.kind IN ({marks}) "
+            "ORDER BY e.event_seq DESC LIMIT 1",
+            (self._device_id(device), channel, *kinds),
+        )
+        return rows[0] if rows else None
+
+    def last_command(
+        self, device: str, channel: int | None, message: str, result: str | None = "OK"
+    ) -> dict | None:
+        """The newest command `message` to the device's channel (with `result`)."""
+        sql = (
+            "SELECT c.id, c.utc, c.client, c.channel, c.message, c.args, c.seq, c.result, "
+            "c.result_utc, c.value FROM commands c WHERE c.device = ? AND c.message = ? "
+            "AND c.channel IS ?"
+        )
+        params: list[Any] = [self._device_id(device), message, channel]
+        if result is not None:
+            sql += " AND c.result = ?"
+            params.append(result)
+        rows = self._dicts(sql + " ORDER BY c.id DESC LIMIT 1", params)
+        if not rows:
+            return None
+        rows[0]["args"] = json.loads(rows[0]["args"])
+        return rows[0]
+
+    def last_sample(self, device: str, channel: int) -> dict | None:
+        """The channel's sample with the highest seq (the newest), or None."""
+        rows = self._read(
+            "SELECT ?3, channel, seq, device_time_ms, utc, pressure_pa, raw, setpoint_pa, "
+            "valves, fill, vent, mode, alarms, flags FROM samples "
+            "WHERE device = ?1 AND channel = ?2 ORDER BY seq DESC LIMIT 1",
+            (self._device_id(device), channel, device),
+        )
+        return dict(zip(SAMPLE_COLUMNS, rows[0], strict=True)) if rows else None
+
+    def device_ids(self) -> dict[str, int]:
+        """Device name -> the id rows carry (Batch rows use ids, not names)."""
+        self._load_devices()
+        return dict(self._device_ids)
+
+    # -- the bridge's batches ---------------------------------------------
+
+    def write_batch(self, batch: Batch, command_ids: dict[Any, int] | None = None) -> Written:
+        """Everything in `batch` in one transaction (one fsync with sync="full").
+
+        Samples and events already stored (replays) are kept once. A gap is
+        recorded only for the sequence numbers in its range that are neither
+        stored nor already recorded as lost, so a range the link reports
+        after a restart never covers rows the record holds. `command_ids`
+        maps the caller's command keys to row ids across batches: a result
+        can name a command inserted in this batch or an earlier one.
+        Raises StoreError (nothing written) like every other write.
+        """
+        ids = {} if command_ids is None else command_ids
+        out = Written()
+        new_ids: dict[Any, int] = {}
+        with self._write(f"storing a batch of {len(batch)} records") as conn:
+            for d in batch.devices:
+                conn.execute(_UPSERT_DEVICE, {**_DEVICE_DEFAULTS, **d})
+            if batch.channels:
+                conn.executemany(_UPSERT_CHANNEL, batch.channels)
+            if batch.boots:
+                conn.executemany(_INSERT_BOOT, batch.boots)
+            before = conn.total_changes
+            if batch.samples:
+                conn.executemany(_INSERT_SAMPLE, batch.samples)
+                out.samples = conn.total_changes - before
+                last: dict[int, float] = {}
+                for r in batch.samples:
+                    if r[4] > last.get(r[0], -math.inf):
+                        last[r[0]] = r[4]
+                conn.executemany(
+                    "UPDATE devices SET last_seen_utc = max(last_seen_utc, ?) WHERE id = ?",
+                    [(u, d) for d, u in last.items()],
+                )
+            if batch.events:
+                before = conn.total_changes
+                conn.executemany(_INSERT_EVENT, [event_with_text(r) for r in batch.events])
+                out.events = conn.total_changes - before
+            for device_id, stream, first, last_seq, utc, reason in batch.gaps:
+                ranges = (
+                    [(first, None)]
+                    if last_seq is None
+                    else _unrecorded(conn, device_id, stream, first, last_seq)
+                )
+                for a, b in ranges:
+                    gap_id = conn.execute(
+                        "INSERT INTO gaps (device, stream, first_seq, last_seq, detected_utc, "
+                        "reason) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                        (device_id, stream, a, b, utc, reason),
+                    ).fetchone()[0]
+                    out.gaps.append(
+                        {
+                            "id": gap_id,
+                            "device_id": device_id,
+                            "stream": stream,
+                            "first_seq": a,
+                            "last_seq": b,
+                            "detected_utc": utc,
+                            "reason": reason,
+                        }
+                    )
+            for key, utc, client, device_id, channel, message, args, seq in batch.commands:
+                new_ids[key] = conn.execute(
+                    "INSERT INTO commands (utc, client, device, channel, message, args, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (utc, client, device_id, channel, message, json.dumps(args), seq),
+                ).fetchone()[0]
+            for key, result, seq, utc, value in batch.results:
+                row_id = new_ids.get(key, ids.get(key))
+                if row_id is None:
+                    raise StoreError("invalid", f"result for command {key!r}, never stored")
+                conn.execute(
+                    "UPDATE commands SET seq = coalesce(?, seq), result = ?, result_utc = ?, "
+                    "value = ? WHERE id = ?",
+                    (seq, result, utc, value, row_id),
+                )
+            for row in batch.cycler_events:
+                out.cycler_event_ids.append(
+                    conn.execute(
+                        "INSERT INTO cycler_events (device, channel, utc, kind, cycle) "
+                        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                        row,
+                    ).fetchone()[0]
+                )
+        # only once committed: a batch that failed is retried with its own keys
+        ids.update(new_ids)
+        out.command_ids = new_ids
+        for k in batch.results:
+            ids.pop(k[0], None)  # a command has one result
+        return out
+
+
+_UPSERT_DEVICE = """INSERT INTO devices (name, board, board_id, fw_version, protocol,
+        schema_hash, boot_id, config_crc, telemetry_hz, first_seen_utc, last_seen_utc)
+    VALUES (:name, coalesce(:board, ''), coalesce(:board_id, ''),
+        coalesce(:fw_version, ''), :protocol, :schema_hash, :boot_id,
+        :config_crc, :telemetry_hz, :utc, :utc)
+    ON CONFLICT (name) DO UPDATE SET
+        board = coalesce(:board, board),
+        board_id = coalesce(:board_id, board_id),
+        fw_version = coalesce(:fw_version, fw_version),
+        protocol = coalesce(:protocol, protocol),
+        schema_hash = coalesce(:schema_hash, schema_hash),
+        boot_id = coalesce(:boot_id, boot_id),
+        config_crc = coalesce(:config_crc, config_crc),
+        telemetry_hz = coalesce(:telemetry_hz, telemetry_hz),
+        first_seen_utc = min(first_seen_utc, :utc),
+        last_seen_utc = max(last_seen_utc, :utc)"""
+_DEVICE_DEFAULTS: dict[str, Any] = dict.fromkeys(
+    (
+        "board",
+        "board_id",
+        "fw_version",
+        "protocol",
+        "schema_hash",
+        "boot_id",
+        "config_crc",
+        "telemetry_hz",
+    )
+)
+_UPSERT_CHANNEL = """INSERT INTO channels VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (device, channel) DO UPDATE SET kind = excluded.kind,
+        sensor = excluded.sensor, full_scale_pa = excluded.full_scale_pa,
+        updated_utc = excluded.updated_utc"""
+_INSERT_BOOT = "INSERT INTO boots VALUES (?, ?, ?, ?, ?, ?, ?)"
+# ON CONFLICT names the key, so only a replayed sample is skipped: a row
+# breaking any other rule aborts the batch instead of vanishing.
+_INSERT_SAMPLE = (
+    "INSERT INTO samples (device, channel, seq, device_time_ms, utc, pressure_pa, "
+    "raw, setpoint_pa, valves, mode, alarms, flags) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device, channel, seq) DO NOTHING"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device, event_seq) DO NOTHING"
+)
+
+
+def event_with_text(r: tuple) -> tuple:
+    """A Batch event row with its text: the bridge's, or describe_event's."""
+    if r[10] is not None:
+        return r
+    try:
+        text = describe_event(r[4], r[5], r[6], r[7], r[8], r[9])
+    except StoreError:  # a kind newer than this host: say what is known
+        where = f"ch {r[5]} " if r[5] else ""
+        text = f"{where}{r[4]}: code {r[6]} a {r[7]} b {r[8]} c {r[9]}"
+    return (*r[:10], text)
+
+
+def _sample_channels(conn: sqlite3.Connection, device_id: int) -> list[int]:
+    # Skip-scan the primary key: one index probe per channel, not a scan.
+    return [
+        r[0]
+        for r in conn.execute(
+            """WITH RECURSIVE ch(c) AS (
+                SELECT min(channel) FROM samples WHERE device = ?1
+                UNION ALL
+                SELECT (SELECT min(channel) FROM samples WHERE device = ?1 AND channel > c)
+                FROM ch WHERE c IS NOT NULL)
+            SELECT c FROM ch WHERE c IS NOT NULL""",
+            (device_id,),
+        )
+    ]
+
+
+def _stored(
+    conn: sqlite3.Connection, device_id: int, stream: str, lo: int, hi: int, channel: int | None
+) -> list[int]:
+    """Sorted sequence numbers in lo..hi held by the record (any channel, or
+    `channel` when given: every channel of a tick is stored together)."""
+    if stream == "EVENT":
+        sql = "SELECT event_seq FROM events WHERE device = ? AND event_seq BETWEEN ? AND ?"
+        return [r[0] for r in conn.execute(sql, (device_id, lo, hi))]
+    channels = [channel] if channel is not None else _sample_channels(conn, device_id)
+    seqs: set[int] = set()
+    for c in channels:
+        seqs.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT seq FROM samples WHERE device = ? AND channel = ? AND seq BETWEEN ? AND ?",
+                (device_id, c, lo, hi),
+            )
+        )
+    return sorted(seqs)
+
+
+def _lost(conn: sqlite3.Connection, device_id: int, stream: str, lo: int, hi: int) -> list[tuple]:
+    """Recorded gaps (with a known end) overlapping lo..hi, by first_seq."""
+    return conn.execute(
+        "SELECT first_seq, last_seq FROM gaps WHERE device = ? AND stream = ? "
+        "AND first_seq <= ? AND last_seq >= ? ORDER BY first_seq",
+        (device_id, stream, hi, lo),
+    ).fetchall()
+
+
+def _unrecorded(
+    conn: sqlite3.Connection, device_id: int, stream: str, first: int, last: int
+) -> list[tuple[int, int]]:
+    """The parts of first..last neither stored nor recorded as lost already."""
+    covered = [(s, s) for s in _stored(conn, device_id, stream, first, last, None)]
+    covered += _lost(conn, device_id, stream, first, last)
+    covered.sort()
+    out: list[tuple[int, int]] = []
+    at = first
+    for a, b in covered:
+        if a > at:
+            out.append((at, min(a - 1, last)))
+        at = max(at, b + 1)
+        if at > last:
+            break
+    if at <= last:
+        out.append((at, last))
+    return out
+
+
+def _first_unrecorded(
+    conn: sqlite3.Connection, device_id: int, stream: str, base: int, window: int
+) -> int:
+    """The first sequence number at or above `base`, within `window` of the
+    highest stored, that is neither stored nor recorded as lost; one past the
+    highest stored if there is no hole; `base` if nothing is stored."""
+    if stream == "EVENT":
+        top = conn.execute(
+            "SELECT max(event_seq) FROM events WHERE device = ? AND event_seq >= ?",
+            (device_id, base),
+        ).fetchone()[0]
+        channel = None
+    else:
+        top, channel = None, None
+        for c in _sample_channels(conn, device_id):
+            m = conn.execute(
+                "SELECT max(seq) FROM samples WHERE device = ? AND channel = ? AND seq >= ?",
+                (device_id, c, base),
+            ).fetchone()[0]
+            if m is not None and (top is None or m > top):
+                top, channel = m, c
+    if top is None:
+        return base
+    lo = max(base, top - window)
+    holes = _unrecorded_in(conn, device_id, stream, lo, top, channel)
+    return holes if holes is not None else top + 1
+
+
+def _unrecorded_in(
+    conn: sqlite3.Connection, device_id: int, stream: str, lo: int, hi: int, channel: int | None
+) -> int | None:
+    at = lo
+    covered = [(s, s) for s in _stored(conn, device_id, stream, lo, hi, channel)]
+    covered += _lost(conn, device_id, stream, lo, hi)
+    covered.sort()
+    for a, b in covered:
+        if a > at:
+            return at
+        at = max(at, b + 1)
+    return at if at <= hi else None
+
+
+@dataclass
+class Batch:
+    """What the bridge collected since its last commit, for `Store.write_batch`.
+
+    Rows are tuples in column order with device ids (`Store.device_ids`), so
+    the bridge's hot path builds no dicts:
+    - devices: `upsert_device` keywords with `name` and `utc`;
+    - channels: (device_id, channel, kind name, sensor name, full_scale_pa, utc);
+    - boots: (device_id, epoch, boot_id, board_id, sample_base, event_base, utc);
+    - samples: (device_id, channel, seq, device_time_ms, utc, pressure_pa, raw,
+      setpoint_pa, valves, mode, alarms, flags);
+    - events: (device_id, event_seq, device_time_ms, utc, kind name, channel,
+      code, a, b, c, text or None);
+    - gaps: (device_id, stream name, first_seq, last_seq or None, utc, reason);
+    - commands: (key, utc, client, device_id, channel, message, args, seq);
+    - results: (key, result, seq or None, utc, value);
+    - cycler_events: (device_id, channel, utc, kind, cycle).
+    """
+
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    channels: list[tuple] = field(default_factory=list)
+    boots: list[tuple] = field(default_factory=list)
+    samples: list[tuple] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)
+    gaps: list[tuple] = field(default_factory=list)
+    commands: list[tuple] = field(default_factory=list)
+    results: list[tuple] = field(default_factory=list)
+    cycler_events: list[tuple] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(getattr(self, f.name)) for f in fields(self))
+
+    def extend(self, other: Batch) -> None:
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
+
+
+@dataclass
+class Written:
+    """What `write_batch` stored: new sample and event rows (replays kept once
+    are not counted), the gaps recorded, ids given to commands and cycler events."""
+
+    samples: int = 0
+    events: int = 0
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    command_ids: dict[Any, int] = field(default_factory=dict)
+    cycler_event_ids: list[int] = field(default_factory=list)
 
 
 def bench_insert(

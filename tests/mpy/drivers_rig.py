@@ -47,30 +47,36 @@ class Rig(Clock):
         self.pins = {}
         self.mcu = {}  # pin -> SimADC
         self.mcu_volts = {}  # pin -> [V]
+        self.hal_calls = 0  # I2C, Pin and ADC objects handed out
         now = self.now_ms
+        # Built from whatever the profile says, even a broken one: the tests
+        # of build()'s errors need a rig around a bad profile.
         for b in profile.get("i2c", []):
-            self.buses[b["id"]] = simbus.SimI2C(now, b["freq_hz"])
+            self.buses[b.get("id")] = simbus.SimI2C(now, b.get("freq_hz", 100000))
         for a in profile.get("adcs", []):
             vs = [0.0, 0.0, 0.0, 0.0]
-            self.volts[a["name"]] = vs
-            m = simbus.ADS1115Model(now, self._volts_of(vs), a["type"], noise_lsb=ads_noise)
-            self.ads[a["name"]] = m
-            self.buses[a["bus"]].attach(a["address"], m)
-        for c in profile["channels"]:
-            s = c["sensor"]
-            if s["type"] == "hx711":
+            self.volts[a.get("name")] = vs
+            kind = a.get("type") if a.get("type") in ("ads1115", "ads1015") else "ads1115"
+            m = simbus.ADS1115Model(now, self._volts_of(vs), kind, noise_lsb=ads_noise)
+            self.ads[a.get("name")] = m
+            if a.get("bus") in self.buses and isinstance(a.get("address"), int):
+                self.buses[a["bus"]].attach(a["address"] & 0x7F, m)
+        for c in profile.get("channels", []):
+            s = c.get("sensor", {})
+            if s.get("type") == "hx711":
                 box = [0.0]
-                self.mv[c["channel"]] = box
+                self.mv[c.get("channel")] = box
+                rate = s.get("rate_hz") if s.get("rate_hz") in (10, 80) else 10
                 m = simbus.HX711Model(
-                    now, self._mv_of(box), s["rate_hz"], noise_counts=hx_noise, seed=c["channel"]
+                    now, self._mv_of(box), rate, noise_counts=hx_noise, seed=c.get("channel", 1)
                 )
-                self.hx[c["channel"]] = m
-                self.pins[s["dout"]] = m.dout
-                self.pins[s["sck"]] = m.sck
-            elif s["type"] == "mcu_adc":
+                self.hx[c.get("channel")] = m
+                self.pins[s.get("dout")] = m.dout
+                self.pins[s.get("sck")] = m.sck
+            elif s.get("type") == "mcu_adc":
                 box = [0.0]
-                self.mcu_volts[s["pin"]] = box
-                self.mcu[s["pin"]] = simbus.SimADC(now, self._mv_of(box), s.get("vref_v", 3.3))
+                self.mcu_volts[s.get("pin")] = box
+                self.mcu[s.get("pin")] = simbus.SimADC(now, self._mv_of(box), s.get("vref_v", 3.3))
 
     def _volts_of(self, vs):
         def volts(i):
@@ -85,12 +91,15 @@ class Rig(Clock):
         return value
 
     def I2C(self, bus_cfg):
+        self.hal_calls += 1
         return self.buses[bus_cfg["id"]]
 
     def Pin(self, n):
+        self.hal_calls += 1
         return self.pins[n]
 
     def ADC(self, pin):
+        self.hal_calls += 1
         return self.mcu[pin]
 
     def sync(self):

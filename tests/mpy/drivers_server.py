@@ -191,17 +191,13 @@ def hx_timeout(req):
     box["a"] = None  # chip gone: DOUT stays high
     hx = hx711.HX711(m.dout, m.sck, 128, clock)
     t0 = clock.t
-    v = hx.read_blocking(req["timeout_ms"])
-    waited = clock.t - t0
-    direct = hx.read()
-    return {
-        "value": v,
-        "error": hx.error,
-        "waited_ms": waited,
-        "direct": direct,
-        "direct_error": hx.error,
-        "ready": hx.ready(),
-    }
+    r = {"value": hx.read_blocking(req["timeout_ms"])}
+    r["waited_ms"] = clock.t - t0
+    r["error"] = hx.error
+    r["direct"] = hx.read()
+    r["direct_error"] = hx.error
+    r["ready"] = hx.ready()
+    return r
 
 
 def hx_power(req):
@@ -216,6 +212,7 @@ def hx_power(req):
     hx.power_down()
     r["powered_at_0"] = m.powered
     clock.t += 1
+    m.sync()
     r["powered_after_1ms"] = m.powered
     r["ready_while_down"] = hx.ready()
     clock.t += 5000
@@ -247,7 +244,6 @@ def hx_sck_high(req):
     for _ in range(req["reads"]):
         v, _ = _next_reading(clock, hx)
         values.append(v)
-        us[0] = 0
     return {"values": values, "power_downs": m.power_downs, "reads": m.reads}
 
 
@@ -335,7 +331,9 @@ def _instrument(ch, s):
 
 def sensor_setup(req):
     global _rig, _sensors
-    _rig = Rig(req["profile"], ads_noise=req.get("ads_noise", 1.0), hx_noise=req.get("hx_noise", 20))
+    _rig = Rig(
+        req["profile"], ads_noise=req.get("ads_noise", 1.0), hx_noise=req.get("hx_noise", 20)
+    )
     for name, vs in req.get("volts", {}).items():
         _rig.volts[name][:] = vs
     for ch, mv in req.get("mv", {}).items():
@@ -355,6 +353,17 @@ def sensor_setup(req):
             "stuck_samples": s.stuck_samples,
         }
     return {"sensors": out}
+
+
+def sensor_build_error(req):
+    # build() on a bad profile: the error, and proof no hardware was touched.
+    rig = Rig(req["profile"])
+    try:
+        sensor.build(req["profile"], rig)
+        err = None
+    except ValueError as e:
+        err = str(e)
+    return {"error": err, "hal_calls": rig.hal_calls}
 
 
 def sensor_set(req):
@@ -441,6 +450,14 @@ def sensor_break(req):
     return {}
 
 
+def sensor_freeze_share(req):
+    # The ADS share stops converting: nobody's poll drives it any more.
+    for s in _sensors.values():
+        if isinstance(s, sensor.AdsSensor):
+            s._share_poll = lambda now: None
+    return {}
+
+
 def sensor_alloc(req):
     # Heap bytes allocated by poll() of every sensor over `ms` 1-ms ticks in
     # steady state. The models convert in _rig.sync(), outside the measured
@@ -491,9 +508,11 @@ OPS = {
     "simbus_i2c": simbus_i2c,
     "sensor_setup": sensor_setup,
     "sensor_set": sensor_set,
+    "sensor_build_error": sensor_build_error,
     "sensor_run": sensor_run,
     "sensor_history": sensor_history,
     "sensor_break": sensor_break,
+    "sensor_freeze_share": sensor_freeze_share,
     "sensor_alloc": sensor_alloc,
 }
 

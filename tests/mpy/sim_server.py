@@ -46,8 +46,8 @@ def events_out(link, dec):
                 e["kind_name"] = _EV.get(e["kind"], str(e["kind"]))
                 out.append(e)
             else:
-                fr = {"message": layout.name, "flags": flags, "values": vals[: len(layout.head_names) + k * len(layout.item_names)]}
-                frames.append(fr)
+                n = len(layout.head_names) + k * len(layout.item_names)
+                frames.append({"message": layout.name, "flags": flags, "values": vals[:n]})
     return out, frames
 
 

@@ -251,17 +251,21 @@ class Regulator:
         self.out_fill = 0
         self.out_vent = 0
         db = self.deadband
-        # The present pressure that the constraints protect: near the
-        # setpoint the slow filter (its model keeps it from lagging), so that
-        # noise does not open the vent below the guard.
+        # The present pressure that the constraints protect. Holding: the
+        # slow filter, quiet enough that noise does not open a valve. Far
+        # (a step, and the gas settling after it): the fast filter, which
+        # follows the model's errors as well as the pressure, and a vent guard
+        # of two deadbands for its noise, so a step down ends above setpoint
+        # and the hold band takes it the last bit of the way.
         p_now = self.p_fast
-        if sp - 8 * db < p_now < sp + 8 * db:
-            p_now = self.p_slow // 16
+        guard = 2 * db
         ps = self.settled(False)
         far = ramping or ps < sp - 8 * db or ps > sp + 8 * db
         self.holding = not far
         if not far:
             ps = self.settled(True)
+            p_now = self.p_slow // 16
+            guard = self.guard
         cap = 4 * self.tick_ms  # re-decided every tick; the timer closes the valve
         # Holding band. A minimum fill pulse moves the settled pressure by
         # fill_step; the vent threshold sits above what one such pulse can
@@ -305,7 +309,7 @@ class Regulator:
                 return
             want = _clamp(ps - sp, 0, _BIG)
             inst = (want * _GAMMA) >> 5
-            room = p_now - sp - self.guard
+            room = p_now - sp - guard
             if inst > room:
                 inst = room
             if inst <= 0:

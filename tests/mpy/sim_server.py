@@ -108,7 +108,6 @@ def handle(req):
         return {"ok": True}
     if op == "run":
         ch = S.dev.by_number.get(req.get("ch", 1))
-        h = S.plant.holder(ch.number)
         st = {"p_min": None, "p_max": None, "meas_min": None, "valves_seen": 0}
         every = req.get("every_ms", 0)
         trace = []

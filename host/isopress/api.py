@@ -1435,7 +1435,6 @@ def make_app(bridge: Bridge, token: str) -> web.Application:
     app = web.Application(middlewares=[api.middleware], client_max_size=1 << 20)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, getattr(api, r.handler))
-    app["api"] = api
     return app
 
 

@@ -99,7 +99,9 @@ class ConfigKey:
     hi: int | None
 
     def value(self, raw: int) -> float | int:
-        return raw if self.exponent == 0 else raw * 10.0**self.exponent
+        if self.exponent < 0:
+            return raw / 10 ** (-self.exponent)  # a division rounds as the decimal reads
+        return raw * 10**self.exponent
 
     def raw(self, value: float) -> int:
         return round(value * 10 ** (-self.exponent)) if self.exponent else round(value)
@@ -1308,10 +1310,14 @@ class Bridge:
             ack = await self.command(b, "SET_SETPOINT", fields, client, channel)
         except Rejected as e:
             if e.code == "out_of_range":
-                # the board names the limit, not the field: a pressure above it
-                # broke max_working, else the rate broke a ramp limit
+                # the board names the limit, not the field; it checks the
+                # pressure against max_working before the rate against a ramp
                 value = e.detail["value"]
-                over_pressure = pa > value or pa < 0
+                if rate == 0 or (pa > value) != (rate > value):
+                    over_pressure = pa > value or rate == 0
+                else:  # both above the value: was the pressure within max_working?
+                    known = ch.limits.get("max_working")
+                    over_pressure = known is None or pa > known
                 e.detail.update(
                     field="pressure_mpa" if over_pressure else "rate_mpa_s",
                     limit=value / 1e6,
@@ -1930,4 +1936,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m isopress.bridge`, this file is __main__; the API imports
+    # isopress.bridge, so run that module's main for one set of classes.
+    from isopress.bridge import main as _main
+
+    sys.exit(_main())

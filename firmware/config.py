@@ -180,7 +180,7 @@ class _Channel:
             RAMP_UP: 5 * _MPA if self.load_cell else _MPA,
             RAMP_DOWN: 2 * _MPA if self.load_cell else _MPA // 2,
             TOLERANCE: fs * 25 // 10000,
-            DEADBAND: fs * 2 // 10000,
+            DEADBAND: fs * 3 // 10000,  # 0.03 % FS: tuned on the reference rig
             FILL_MIN_RISE: fs * 5 // 1000,
             RISE_ALARM: fs * 5 // 1000,
         }

@@ -84,7 +84,7 @@ def test_no_file_gives_profile_defaults_and_missing(mp, tmp_path):
     assert iso[str(K["trip_reset"])] == 7_500_000  # midway
     assert iso[str(K["ramp_up"])] == MPA and iso[str(K["ramp_down"])] == MPA // 2
     assert iso[str(K["tolerance"])] == 25_000  # 0.25 % of 10 MPa
-    assert iso[str(K["deadband"])] == 2_000  # 0.02 %
+    assert iso[str(K["deadband"])] == 3_000  # 0.03 %
     assert iso[str(K["fill_min_rise"])] == iso[str(K["rise_alarm"])] == 50_000  # 0.5 %
     assert iso[str(K["leak_alarm"])] == 10
     assert iso[str(K["analog_fs"])] == 10 * MPA and iso[str(K["analog_fs_v"])] == 3000

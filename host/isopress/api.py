@@ -1331,6 +1331,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         links=_s("object", additionalProperties=_ref("LinkStatus")),
         store=_ref("StoreStatus"),
         stream=_s("object"),
+        process=_obj(pid=_s("integer"), cpu_s=_s("number", description="CPU seconds used so far")),
     ),
     "LinkStatus": {
         "allOf": [

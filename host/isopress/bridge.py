@@ -1160,6 +1160,8 @@ class Bridge:
                 **self.recorder.health.as_dict(),
             },
             "stream": {"subscribers": len(self.hub.subscribers)},
+            # the bridge process's own CPU use, for `isopress bench bridge` and operators
+            "process": {"pid": os.getpid(), "cpu_s": time.process_time()},
         }
 
     # -- commands -----------------------------------------------------------------

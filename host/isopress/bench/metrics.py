@@ -20,9 +20,11 @@ The *band* is max(band_pct % of the target, band_mpa).
   enters the band and stays in it for `settle_hold_s` (or to the segment's
   end); the largest over segments; None if a segment never settles.
 - `overshoot_mpa`: how far the true pressure went above the target: over the
-  whole of an up segment, after the band was first reached otherwise.
-  `undershoot_mpa` mirrors it below the target (whole of a down segment).
-  A cell approached from above on a step down has 0 undershoot.
+  whole of an up segment, otherwise once the pressure got to the target
+  (or, if it never quite did, into the band). `undershoot_mpa` mirrors it
+  below the target (over the whole of a down segment);
+  `step_down_undershoot_mpa` is that over the down segments alone. A cell
+  approached from above on a step down has 0 there.
 - `time_below_s`: time the true pressure spent below target - band, except
   the climb of an up segment before it first reaches the band.
 - Actuations: valve openings counted by the valves themselves.
@@ -79,6 +81,7 @@ CHANNEL_METRICS: dict[str, tuple[str, str]] = {
     "settling_time_s": ("s", "longest time from a target change into the band for good"),
     "overshoot_mpa": ("MPa", "largest excursion above the target (see definitions)"),
     "undershoot_mpa": ("MPa", "largest excursion below the target (see definitions)"),
+    "step_down_undershoot_mpa": ("MPa", "largest excursion below the target after a step down"),
     "time_below_s": ("s", "time below target - band, the climb after a rise excepted"),
     "time_below_pct": ("%", "time_below_s as a share of the time with a reference"),
     "fill_opens": ("1", "fill valve openings"),
@@ -254,6 +257,7 @@ def _channel(
     settle: list[float | None] = []
     over = 0.0
     under = 0.0
+    down_under = 0.0
     below = np.zeros(len(t), dtype=bool)
     before = true[started] if started < len(t) else math.nan
     for a, b in _segments(target):
@@ -265,15 +269,20 @@ def _channel(
         seg = true[a:b]
         inside = np.abs(seg - tgt) <= band
         reached = (seg >= tgt - band) if up else (seg <= tgt + band) if down else inside
-        first = int(np.argmax(reached)) if reached.any() else b - a
-        after = slice(first, b - a)
-        over_seg = seg if up else seg[after]
-        under_seg = seg if down else seg[after]
+        first = _first(reached, b - a)
+        # Excursions past the target count from when the move got there:
+        # the target itself, or its band if it never quite did.
+        at = (seg >= tgt) if up else (seg <= tgt) if down else np.ones(b - a, dtype=bool)
+        there = _first(at, first)
+        over_seg = seg if up else seg[there:]
+        under_seg = seg if down else seg[there:]
         if len(over_seg):
             over = max(over, float(np.max(over_seg - tgt)))
         if len(under_seg):
             under = max(under, float(np.max(tgt - under_seg)))
-        below[a + first : b] = seg[after] < tgt - band
+            if down:
+                down_under = max(down_under, float(np.max(tgt - under_seg)))
+        below[a + first : b] = seg[first:] < tgt - band
         if not up:
             below[a:b] |= seg < tgt - band
         settle.append(_settled(t[a:b], inside, start_t, opts.settle_hold_s))
@@ -282,6 +291,7 @@ def _channel(
     out["settling_time_s"] = max(done) if settle and len(done) == len(settle) else None
     out["overshoot_mpa"] = max(over, 0.0) if started < len(t) else None
     out["undershoot_mpa"] = max(under, 0.0) if started < len(t) else None
+    out["step_down_undershoot_mpa"] = max(down_under, 0.0) if started < len(t) else None
     ref_time = float(np.sum(w[has_ref]))
     out["time_below_s"] = float(np.sum(w[below]))
     out["time_below_pct"] = 100.0 * out["time_below_s"] / ref_time if ref_time else None
@@ -290,7 +300,7 @@ def _channel(
     out["fill_opens"] = int(fo[-1]) if len(t) else 0
     out["vent_opens"] = int(vo[-1]) if len(t) else 0
     total = out["fill_opens"] + out["vent_opens"]
-    out["actuations_per_hour"] = total / dur_h if dur_h > 0 else None
+    out["actuations_per_hour"] = float(total / dur_h) if dur_h > 0 else None
     d_open = np.diff(fo + vo, prepend=0)
     hold_h = out["hold_s"] / 3600.0
     out["hold_actuations_per_hour"] = float(np.sum(d_open[hold])) / hold_h if hold_h > 0 else None
@@ -335,6 +345,10 @@ def _channel(
         f, vv = bool(v & V_FILL), bool(v & V_VENT)
         out["valves_end"] = "both" if f and vv else "fill" if f else "vent" if vv else "closed"
     return out
+
+
+def _first(mask: np.ndarray, default: int) -> int:
+    return int(np.argmax(mask)) if mask.any() else default
 
 
 def _settled(t: np.ndarray, inside: np.ndarray, start: float, hold_s: float) -> float | None:

@@ -45,7 +45,7 @@ from isopress.bridge import (
     Rejected,
     event_view,
     mode_name,
-    sample_view,
+    sample_json,
     store_rejected,
 )
 from isopress.export import parse_time
@@ -322,24 +322,9 @@ def _finite(d: Any) -> Any:
     return d
 
 
-def _stored_sample(row: tuple) -> dict[str, Any]:
-    # Store.sample_batches rows (SAMPLE_COLUMNS) in Batch.samples order
-    return sample_view(
-        (
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            row[6],
-            row[7],
-            row[8],
-            row[11],
-            row[12],
-            row[13],
-        )
-    )
+def _batch_row(row: tuple) -> tuple:
+    """A Store.sample_batches row (SAMPLE_COLUMNS) in Batch.samples order."""
+    return (*row[:9], row[11], row[12], row[13])
 
 
 # -- the handlers ----------------------------------------------------------------
@@ -447,7 +432,7 @@ class Api:
                     break
                 if limit is not None:
                     rows = rows[: limit - sent]
-                text = ",".join(json.dumps(_stored_sample(r)) for r in rows)
+                text = ",".join(sample_json(_batch_row(r)) for r in rows)
                 await resp.write((("," if sent else "") + text).encode())
                 sent += len(rows)
             await resp.write(b"]")
@@ -716,6 +701,8 @@ class Api:
                 while not sub.queue.empty():
                     chunks.append(sub.queue.get_nowait())
                 await resp.write(b"".join(chunks))
+                if sub.closed:
+                    break
                 if sub.overflowed and sub.queue.empty():
                     note = {"message": "this reader fell behind; read the rest from /samples"}
                     await resp.write(

@@ -347,6 +347,7 @@ class Subscriber:
         self.devices, self.channels, self.kinds = devices, channels, kinds
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
         self.overflowed = False
+        self.closed = False  # the bridge is stopping: end the response
 
     def wants(self, kind: str, device: str | None, channel: int | None) -> bool:
         if self.kinds is not None and kind not in self.kinds:
@@ -390,6 +391,13 @@ class Hub:
     def unsubscribe(self, s: Subscriber) -> None:
         self.subscribers.discard(s)
 
+    def close(self) -> None:
+        """Ends every stream (the bridge is stopping); b"" wakes a waiting reader."""
+        for s in list(self.subscribers):
+            s.closed = True
+            with contextlib.suppress(asyncio.QueueFull):
+                s.queue.put_nowait(b"")
+
     def _message(self, kind: str, data: Any) -> bytes:
         text = json.dumps(data, separators=(",", ":"), allow_nan=False)
         return f"id: {next(self._ids)}\nevent: {kind}\ndata: {text}\n\n".encode()
@@ -404,8 +412,8 @@ class Hub:
                 message = message or self._message(kind, data)
                 s.put(message)
 
-    def publish_samples(self, groups: dict[tuple[str, int], list[dict[str, Any]]]) -> None:
-        """Samples of one batch, grouped by (device, channel)."""
+    def publish_samples(self, groups: dict[tuple[str, int], list[str]]) -> None:
+        """Samples of one batch as JSON texts (sample_json), by (device, channel)."""
         if not self.subscribers:
             return
         cache: dict[tuple, bytes] = {}
@@ -422,8 +430,9 @@ class Hub:
                 continue
             message = cache.get(keys)
             if message is None:
-                rows = [r for k in keys for r in groups[k]]
-                message = cache[keys] = self._message("samples", rows)
+                text = ",".join(t for k in keys for t in groups[k])
+                message = f"id: {next(self._ids)}\nevent: samples\ndata: [{text}]\n\n".encode()
+                cache[keys] = message
             s.put(message)
 
 
@@ -892,6 +901,51 @@ def sample_view(row: tuple, device: str | None = None) -> dict[str, Any]:
     return out
 
 
+# The stream carries thousands of samples a second: their JSON is written
+# with one format per sample (the same text json.dumps(sample_view(...)) gives
+# in meaning), with mode and alarm lists encoded once per value.
+_SAMPLE_JSON = (
+    '"seq":%d,"utc":%r,"device_time":%r,"pressure_mpa":%r,"setpoint_mpa":%r,"raw":%d,'
+    '"fill":%d,"vent":%d,"mode":%s,"alarms":%s,"flags":%d}'
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _mode_json(mode: int) -> str:
+    return json.dumps(mode_name(mode))
+
+
+@functools.lru_cache(maxsize=1024)
+def _alarms_json(bits: int) -> str:
+    return json.dumps(list(alarm_names(bits)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_head(device: str | None, channel: int) -> str:
+    if device is None:
+        return "{"
+    return '{"device":' + json.dumps(device) + f',"channel":{int(channel)},'
+
+
+def sample_json(row: tuple, device: str | None = None) -> str:
+    """sample_view(row, device) as JSON text, quickly."""
+    if not (math.isfinite(row[4])):
+        return json.dumps(sample_view(row, device), allow_nan=False)
+    return _sample_head(device, row[1]) + _SAMPLE_JSON % (
+        row[2],
+        row[4],
+        row[3] / 1000,
+        row[5] / 1e6,
+        row[7] / 1e6,
+        row[6],
+        row[8] & 1,
+        row[8] >> 1 & 1,
+        _mode_json(row[9]),
+        _alarms_json(row[10]),
+        row[11],
+    )
+
+
 def event_view(row: tuple | Mapping[str, Any], device: str | None = None) -> dict[str, Any]:
     """A stored event (Batch.events layout, or a Store.events dict)."""
     if isinstance(row, Mapping):
@@ -1056,7 +1110,7 @@ class Bridge:
     def _committed(self, batch: Batch, written: Written) -> None:
         """After a commit, on the loop: live state and the stream see it now."""
         by_id = self._by_id
-        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, int], list[str]] = {}
         want_stream = bool(self.hub.subscribers)
         for r in batch.samples:
             board = by_id.get(r[0])
@@ -1070,7 +1124,7 @@ class Bridge:
                 g = groups.get(key)
                 if g is None:
                     g = groups[key] = []
-                g.append(sample_view(r, board.name))
+                g.append(sample_json(r, board.name))
         if groups:
             self.hub.publish_samples(groups)
         if want_stream:
@@ -1854,7 +1908,8 @@ async def serve(
         link_options=link_options,
     )
     await bridge.start()
-    runner = web.AppRunner(api.make_app(bridge, token), access_log=None)
+    # streams are ended before the server stops, so a short grace is enough
+    runner = web.AppRunner(api.make_app(bridge, token), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -1865,6 +1920,7 @@ async def serve(
             ready(bridge, bound)
         await (stop or asyncio.Event()).wait()
     finally:
+        bridge.hub.close()
         await runner.cleanup()
         await bridge.stop()
 

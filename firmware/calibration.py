@@ -91,9 +91,12 @@ def _nominal(kind, cfg):
             if not (0 < cap <= VALUE_MAX and 0 < sens <= SIGNAL_MAX):
                 raise ValueError("load cell capacity or sensitivity out of range")
             return ((0, 0), (sens, cap)), "mN", cap
-        if kind == RATIOMETRIC or kind == MCU_ADC:
+        # A transducer on the MCU's ADC reports in its signal's unit:
+        # sensor.py gives uA for a 4-20 mA loop, ppm for a ratiometric one.
+        loop = kind == MCU_ADC and cfg.get("signal") == "current_4_20ma"
+        if kind == RATIOMETRIC or (kind == MCU_ADC and not loop):
             x0, x1 = 100000, 900000  # 0.5 V and 4.5 V of 5 V, ppm
-        elif kind == CURRENT:
+        elif kind == CURRENT or loop:
             x0, x1 = 4000, 20000  # uA
         else:
             raise ValueError("no transfer function for sensor kind %d" % kind)

@@ -259,6 +259,39 @@ class BitErrors:
 # ------------------------------------------------------------ controllers
 
 
+def configure(sim, wanted):
+    # Config keys from the scenario ({channel: {name: wire value}}), as
+    # `isopress flash` or a host would set them; the board then reboots to
+    # take the board keys (tick_hz).
+    if not wanted:
+        return
+    import config
+
+    cfg = sim.dev.cfg
+    todo = []
+    for ch in wanted:
+        for name in wanted[ch]:
+            todo.append((int(ch), name, wanted[ch][name]))
+    # A key may wait for another (telemetry_hz <= tick_hz): retry what was
+    # refused while something else still changes.
+    while todo:
+        left = []
+        for ch, name, value in todo:
+            r, v = cfg.set(ch, config.NAMES[name], value)
+            if r:
+                left.append((ch, name, value, r, v))
+        if len(left) == len(todo):
+            ch, name, value, r, v = left[0]
+            raise ValueError(
+                "config %s = %d on channel %d refused (result %d, nearest %d)"
+                % (name, value, ch, r, v)
+            )
+        todo = [x[:3] for x in left]
+    if not cfg.save():
+        raise ValueError("config could not be saved to " + sim.fs)
+    sim.reboot(0)
+
+
 class _Board:
     # The isopress controller: the unchanged firmware (device.py on the sim
     # HAL) against the run's plant, and a host on its link.
@@ -276,7 +309,7 @@ class _Board:
         self.profile = plan["board"]
         self.link = port_sim.MemoryLink()
         self.sim = harness.Sim(self.profile, None, plan["fs"], self.link, 0, run.plant)
-        self._configure(plan.get("config") or {})
+        configure(self.sim, plan.get("config") or {})
         self.ev_names = dict(wire.EVENTS)
         self.flag_retry = wire.FLAG_RETRY
         self.ev_id = frame.BY_NAME["EVENT"].id
@@ -297,37 +330,6 @@ class _Board:
         self.resets = 0
         self.trigger_pin = self.profile.get("trigger_in_pin")
         self.trigger_level = self.profile.get("trigger_in_active_level", 0)
-
-    def _configure(self, wanted):
-        # Config keys from the scenario, as `isopress flash` or a host would
-        # set them; the board then reboots to take the board keys.
-        if not wanted:
-            return
-        import config
-
-        cfg = self.sim.dev.cfg
-        todo = []
-        for ch in wanted:
-            for name in wanted[ch]:
-                todo.append((int(ch), name, wanted[ch][name]))
-        # A key may wait for another (telemetry_hz <= tick_hz): retry what
-        # was refused while something else still changes.
-        while todo:
-            left = []
-            for ch, name, value in todo:
-                r, v = cfg.set(ch, config.NAMES[name], value)
-                if r:
-                    left.append((ch, name, value, r, v))
-            if len(left) == len(todo):
-                ch, name, value, r, v = left[0]
-                raise ValueError(
-                    "config %s = %d on channel %d refused (result %d, nearest %d)"
-                    % (name, value, ch, r, v)
-                )
-            todo = [x[:3] for x in left]
-        if not cfg.save():
-            raise ValueError("config could not be saved to " + self.run.plan["fs"])
-        self.sim.reboot(0)
 
     def _valves(self):
         # Openings are counted by the HAL's valves, which a reboot replaces:

@@ -12,13 +12,15 @@ stream's fan-out. The loop never touches the disk for writes: callbacks
 append rows to a pending batch, and a Recorder hands each batch to a single
 writer thread, which commits it in one SQLite transaction (one fsync) while
 the loop goes on. Batches are cut when 500 rows are pending or the oldest
-has waited FLUSH_DELAY_S, so a board's samples reach the disk within a few
-tens of milliseconds and the disk sees tens of commits a second, not
-thousands. Only after a batch is committed does the loop publish it: the
-live channel state, the stream and every read come from committed rows, so
-nothing the API has shown can be lost by a crash. Reads (samples, events,
-runs) run on a small thread pool with their own SQLite connections (WAL), so
-a month-long export never holds up the writer. A failing disk (full, locked,
+has waited FLUSH_DELAY_S (10 ms), and rows that arrive while a commit runs
+wait for the next one (group commit): a sample reaches the disk within tens
+of milliseconds, and the disk sees at most about a hundred commits a second
+however many boards there are, not thousands. Only after a batch is
+committed does the loop publish it: the live channel state, the stream and
+every read come from committed rows, so nothing the API has shown can be
+lost by a crash. Reads (samples, events, runs) run on a small thread pool
+with their own SQLite connections (WAL), so a month-long read never holds up
+the writer. A failing disk (full, locked,
 read-only) never stops the loop: the batch is kept, retried with back-off,
 and the error is shown in GET /api/v1/status.
 
@@ -60,7 +62,7 @@ from isopress.store import SAMPLE_FIELDS, Batch, Store, StoreError, Written, eve
 log = logging.getLogger("isopress.bridge")
 
 DEFAULT_HTTP = "127.0.0.1:8420"
-FLUSH_DELAY_S = 0.025  # longest a row waits for its batch to be cut
+FLUSH_DELAY_S = 0.010  # longest a row waits for its batch to be cut
 FLUSH_ROWS = 500  # a batch is cut at once when this many rows are pending
 RETRY_S = (0.1, 10.0)  # store back-off after a failed commit: first, doubling to the last
 MAX_BACKLOG = 1_000_000  # rows kept in memory while the store refuses them

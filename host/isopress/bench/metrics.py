@@ -26,7 +26,7 @@ The *band* is max(band_pct % of the target, band_mpa).
   `step_down_undershoot_mpa` is that over the down segments alone. A cell
   approached from above on a step down has 0 there.
 - `time_below_s`: time the true pressure spent below target - band, except
-  the climb of an up segment before it first reaches the band.
+  the climb of an up segment before it first gets to the target.
 - Actuations: valve openings counted by the valves themselves.
 - Fault figures use the earliest fault of the scenario that applies to the
   channel (its own or a board-wide one): `time_to_alarm_s` is from it to the
@@ -109,6 +109,7 @@ CHANNEL_METRICS: dict[str, tuple[str, str]] = {
     "valves_end": ("name", "valves commanded in the last step: closed, fill, vent, both"),
     "events_seen": ("names", "event kinds the board sent for the channel or the board"),
     "excursions": ("1", "EXCURSION events (below setpoint, recorded by the board)"),
+    "leak_rate_pa_s": ("Pa/s", "the last LEAK_RATE the board reported (negative: a loss)"),
 }
 RUN_METRICS: dict[str, tuple[str, str]] = {
     "resets": ("1", "board resets during the run"),
@@ -282,7 +283,7 @@ def _channel(
             under = max(under, float(np.max(tgt - under_seg)))
             if down:
                 down_under = max(down_under, float(np.max(tgt - under_seg)))
-        below[a + first : b] = seg[first:] < tgt - band
+        below[a + there : b] = seg[there:] < tgt - band
         if not up:
             below[a:b] |= seg < tgt - band
         settle.append(_settled(t[a:b], inside, start_t, opts.settle_hold_s))
@@ -383,6 +384,7 @@ def _event_figures(
     excursions = 0
     first_alarm = None
     first_trip = None
+    leak = None
     for t_ms, e_ch, kind, code, *_rest in events:
         if e_ch not in (ch, 0):
             continue
@@ -394,6 +396,8 @@ def _event_figures(
             raised.add(ALARM_BITS.get(code, str(code)))
         if kind == "EXCURSION":
             excursions += 1
+        if kind == "LEAK_RATE":
+            leak = float(_rest[0])
         if fault_s is not None and t >= fault_s:
             if kind in ("ALARM_RAISED", "TRIP") and first_alarm is None:
                 first_alarm = t
@@ -404,6 +408,7 @@ def _event_figures(
     out["alarms_raised"] = sorted(raised)
     out["events_seen"] = sorted(seen)
     out["excursions"] = excursions
+    out["leak_rate_pa_s"] = leak
     if fault_s is not None:
         out["time_to_alarm_s"] = None if first_alarm is None else first_alarm - fault_s
         out["time_to_trip_s"] = None if first_trip is None else first_trip - fault_s
@@ -427,7 +432,13 @@ def compute(
         else:
             for k in ("alarms_raised", "events_seen", "alarms_end"):
                 figs[k] = None
-            for k in ("excursions", "time_to_alarm_s", "time_to_trip_s", "time_to_act_s"):
+            for k in (
+                "excursions",
+                "time_to_alarm_s",
+                "time_to_trip_s",
+                "time_to_act_s",
+                "leak_rate_pa_s",
+            ):
                 figs[k] = None
             figs["fill_opens_after_act"] = figs["vent_opens_after_act"] = None
         for k, v in figs.items():

@@ -68,6 +68,11 @@ class Regulator:
         self.guard = self.full_scale // 5000
         self.min_pulse = 5  # ms: shorter openings are not repeatable on a solenoid valve
         self.min_off = 2000  # ms between pulses while holding
+        # Holding band in sixths of the deadband: fill below sp - lo, aiming
+        # at sp + fill_aim; vent above sp + hi, aiming at sp.
+        self.band_lo = 3
+        self.band_hi = 6
+        self.fill_aim = 3
         self.tau = 10000  # ms, gas-to-wall thermal time constant
         self.p0 = P_ATM >> shift  # added to the reading: absolute pressure drives venting
         self.set_tick(tick_ms)
@@ -271,11 +276,11 @@ class Regulator:
         # fill_step; the vent threshold sits above what one such pulse can
         # reach from the fill threshold, so a fill is never answered by a vent
         # (no hunting), and the band stays the deadband when pulses are fine.
-        lo = sp - db // 2
-        hi = sp + db
+        lo = sp - (db * self.band_lo) // 6
+        hi = sp + (db * self.band_hi) // 6
         fill_step = (((self.fill_rate * self.min_pulse) >> 4) << 5) // _GAMMA
-        if fill_step > db and self.learned_fill > 3:
-            hi = sp + fill_step + db // 4
+        if lo + fill_step + db // 4 > hi and self.learned_fill > 3:
+            hi = lo + fill_step + db // 4
         if far:
             lo = sp
             hi = sp
@@ -285,7 +290,7 @@ class Regulator:
             # the top of the band (no overshoot from the hot gas).
             if not far and self.closed_ms < self.min_off:
                 return
-            want = _clamp(sp + db // 2 - ps, 0, _BIG)
+            want = _clamp(sp + (db * self.fill_aim) // 6 - ps, 0, _BIG)
             inst = (want * _GAMMA) >> 5  # present-pressure step for that settled gain
             # While far (a step up, the gas cooling after it) the present
             # pressure is held at most half a deadband above setpoint.

@@ -27,6 +27,7 @@ from isopress.store import Store
 
 TOKEN = "s3cret-token"
 CH = "/api/v1/devices/rig/channels/1"
+CH_T = "/api/v1/devices/{device}/channels/{channel}"  # as the OpenAPI document writes it
 
 
 class Served:
@@ -319,6 +320,9 @@ def test_unknown_device_channel_path_and_method(rig):
     e = refused(lambda: c.request("DELETE", CH + "/setpoint"), 405, "method_not_allowed")
     assert "PUT" in e.detail["allowed"]
     refused(lambda: c.samples("nope", 1), 404, "unknown_device")
+    refused(lambda: c.gaps("nope"), 404, "unknown_device")
+    refused(lambda: c.events(device="nope"), 404, "unknown_device")
+    refused(lambda: c.commands(device="nope"), 404, "unknown_device")
 
 
 @pytest.mark.parametrize(
@@ -494,6 +498,7 @@ def test_a_profile_waits_for_the_cycler_and_a_cycle_end_advances_it(rig):
     served, board = rig
     c = served.client(name="cycler")
     r = c.load_profile("rig", 1, [set_step(5.0), wait_host(), set_step(2.0, 0.5)])
+    conforms(answer_schema("PUT", CH_T + "/profile", 200), r)
     assert r["profile"]["steps"][1] == {"kind": "WAIT", "wait_for": "HOST", "timeout_s": 0.0}
     items = commands_sent(board, "PROFILE_LOAD")[0]["items"]
     assert [(i["step"], i["wait_for"], i["target"], i["rate"]) for i in items] == [
@@ -507,6 +512,7 @@ def test_a_profile_waits_for_the_cycler_and_a_cycle_end_advances_it(rig):
     assert (p["running"], p["step"]) == (True, 1)
     refused(lambda: c.set_pressure("rig", 1, 1.0), 409, "bad_state")  # the profile owns it
     r = c.cycler_event("rig", 1, cycle=3)
+    conforms(answer_schema("POST", CH_T + "/cycler-event", 200), r)
     assert r == {"ok": True, "recorded": True, "advanced": True, "from_step": 1}
     assert commands_sent(board, "PROFILE_ADVANCE") == [{"channel": 1, "from_step": 1, "cycle": 3}]
     wait_for(lambda: not c.profile("rig", 1)["running"], what="PROFILE_DONE")
@@ -569,6 +575,7 @@ def test_limits_alarms_vent_isolate(rig):
     refused(lambda: c.set_limits("rig", 1), 400, "bad_request")
     refused(lambda: c.set_limits("rig", 1, trip=9), 400, "bad_request")
     r = c.set_limits("rig", 1, max_working_mpa=6.0, ramp_up_mpa_s=0.5)
+    conforms(answer_schema("PUT", CH_T + "/limits", 200), r)
     assert r["limits"]["max_working_mpa"] == 6.0
     assert commands_sent(board, "SET_LIMITS") == [
         {
@@ -618,6 +625,7 @@ def test_config_keys_by_name_and_scope(rig):
     assert (e.detail["limit"], e.detail["unit"]) == (5.0, "s")
     refused(lambda: c.request("PUT", CH + "/config/trip_persist", {}), 400, "bad_request")
     r = c.set_config("rig", "trip_persist", 0.35, channel=1)
+    conforms(answer_schema("PUT", CH_T + "/config/{key}", 200), r)
     assert (r["raw"], r["value"]) == (350, 0.35)
     r = c.set_config("rig", "tick_hz", raw=50)
     assert r["value"] == 50
@@ -670,3 +678,24 @@ def test_a_token_is_made_when_none_is_given(monkeypatch):
     monkeypatch.setenv("ISOPRESS_TOKEN", "from-env")
     assert bridge.token_from(None) == ("from-env", False)
     assert bridge.token_from("given") == ("given", False)
+
+
+def test_stopping_the_bridge_ends_open_streams_at_once(tmp_path):
+    board = LabBoard(tmp_path / "tty", telemetry_hz=50).start()
+    store = Store(tmp_path / "rec.sqlite")
+    served = Served(store, {"rig": board.url}).start()
+    c = served.client()
+    ended = threading.Event()
+
+    def read() -> None:
+        for _ in c.stream(timeout=30):
+            pass
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_for(lambda: served.on_loop(lambda: len(served.bridge.hub.subscribers)) == 1)
+    t = time.monotonic()
+    served.stop()
+    assert time.monotonic() - t < 5 and ended.wait(2)
+    board.stop()
+    store.close()

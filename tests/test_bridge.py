@@ -620,3 +620,35 @@ def test_write_batch_is_one_transaction_and_trims_gaps(tmp_path):
             st.write_batch(Batch(samples=[row(20), (*row(21)[:8], 999, 1, 0, 0)]), ids)
         assert st.last_seq("d", "TELEMETRY") == 11
         assert st.last_sample("d", 2)["seq"] == 11
+
+
+def test_cli_fails_clearly_when_the_store_or_the_port_cannot_be_had(tmp_path, capsys):
+    code = bridge_mod.main(["--device", "a=/dev/null-x", "--db", str(tmp_path / "no" / "x.db")])
+    assert code == 1 and "cannot open" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = bridge_mod.main(
+            ["--device", "a=/dev/null-x", "--db", str(tmp_path / "x.db"),
+             "--http", f"127.0.0.1:{port}", "--log-level", "ERROR"]
+        )  # fmt: skip
+    assert code == 1 and f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_the_bridge_benchmark_runs_and_reports_small():
+    from isopress.bench import bridge as bench
+
+    f = bench.run_bench(devices=2, channels=2, hz=20.0, seconds=1.5, warmup_s=0.5)
+    assert f["lost_samples"] == 0 and f["holes"] == 0 and f["gap_records"] == 0
+    assert f["stored_samples"] == f["made_samples"] > 0
+    assert f["ingest_samples_per_s"] == pytest.approx(80, rel=0.3)
+    assert 0 < f["bridge_cpu_fraction"] < 1
+    assert f["latency_samples"] > 50 and 0 < f["latency_p50_ms"] <= f["latency_p99_ms"]
+    assert f["clock_sync_error_ms"] < 20
+    text = bench.report(f)
+    for name in ("ingest_samples_per_s", "bridge_cpu_fraction", "latency_p99_ms",
+                 "clock_sync_error_ms"):  # fmt: skip
+        assert name in text

@@ -388,6 +388,9 @@ class _Board:
         elif name == "SETPOINT" and code == 0:
             self.host.setpoint_seen(a, b)
 
+    def measured(self, ch):
+        return self.sim.dev.by_number[ch].measured
+
     def state(self, ch):
         # (measured, setpoint, valve bits, mode, alarms, fill opens, vent opens)
         c = self.sim.dev.by_number.get(ch)
@@ -734,6 +737,11 @@ class Run:
         board = isinstance(ctl, _Board)
         if what == "protocol_start":
             ch = a["channel"]
+            if board and not ctl.measured(ch):
+                # As a host waits for the board's first samples (a slow
+                # tick or a load cell takes a while): try again next tick.
+                self._later(t + 1, what, a)
+                return
             s = self.schedules[ch]
             s.begin(self.plant.holder(ch).pressure)
             if self.protocols[ch]["run"] == "profile":

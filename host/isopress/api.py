@@ -416,10 +416,7 @@ class Api:
                 None, lambda: store.sample_batches(device, ch, since, until, batch=READ_BATCH)
             )
         except StoreError as e:
-            if e.reason == "unknown":
-                code = "unknown_device" if "no device named" in str(e) else "unknown_channel"
-                raise Rejected(code, str(e), device=device, channel=ch) from None
-            raise
+            raise store_rejected(e) from None
         # streamed: a month of samples never sits in memory
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
@@ -455,7 +452,6 @@ class Api:
 
     async def gaps(self, request: web.Request) -> web.Response:
         device = request.match_info["device"]
-        self.bridge.board(device)
         rows = await asyncio.get_running_loop().run_in_executor(
             None, self.bridge.store.gaps, device
         )
@@ -469,8 +465,6 @@ class Api:
     async def commands(self, request: web.Request) -> web.Response:
         since = _query_time(request, "since")
         device = request.query.get("device") or None
-        if device is not None:
-            self.bridge.board(device)
         rows = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.bridge.store.commands(since, device)
         )
@@ -970,7 +964,7 @@ ROUTES: tuple[Route, ...] = (
         "events",
         "Stored device events, in time order",
         "list:Event",
-        errors=(400,),
+        errors=(400, 404),
         params=("since", "until", "device", "channel", "limit"),
         tag="record",
     ),

@@ -1741,7 +1741,12 @@ class Bridge:
 
 def store_rejected(e: StoreError) -> Rejected:
     if e.reason == "unknown":
-        return Rejected("not_found", str(e))
+        text = str(e)
+        if "no device named" in text:
+            return Rejected("unknown_device", text)
+        if "has no channel" in text:
+            return Rejected("unknown_channel", text)
+        return Rejected("not_found", text)
     if e.reason == "invalid":
         return Rejected("conflict", str(e))
     return Rejected("store_unavailable", str(e), reason=e.reason)

@@ -398,6 +398,10 @@ class HilRun:
                     raise HilError(f"no word from the board for {SILENCE_S:.0f} s")
                 if self.mode == "realtime" and now >= next_stream:
                     next_stream = now + STREAM_S
+                    if not self.telemetry:
+                        # The board is still booting: the run's clock starts
+                        # with its first telemetry, as a bridge waits for it.
+                        wall0 = now
                     t = int((now - wall0) * self.speed * 1000)
                     self._advance(board, t)
                     self._row(server, rec)

@@ -51,15 +51,27 @@ def load_plant(path: Path | None) -> dict[str, Any] | None:
         raise SimError(f"cannot read plant file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise SimError(f"plant file {path} is not valid TOML: {e}") from None
-    # Check it with the model itself now, so a bad key is a message here,
-    # not a traceback from inside MicroPython.
+    # The file overrides the default rig key by key, so it names only what
+    # differs (the board has four channels; each needs a holder). Checked
+    # with the model itself now, so a bad key is a message here, not a
+    # traceback from inside MicroPython.
     from isopress.sim import plant
 
+    merged = _merge(plant.default_params(), data)
     try:
-        plant.Plant(data)
+        plant.Plant(merged)
     except ValueError as e:
         raise SimError(f"plant file {path}: {e}") from None
-    return data
+    return merged
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    return over
 
 
 def load_board(name: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -49,7 +50,7 @@ from typing import Any
 from cobs import cobs
 
 from isopress import codec
-from isopress.client import ApiError, Client
+from isopress.client import Client
 from isopress.protocol import wire
 
 # ingest: the offered 6,400/s less 1 %, because a measuring window's edges
@@ -259,6 +260,35 @@ class Generator:
                     due = now
 
 
+def _read_stream(url: str, seconds: float, out: Any) -> None:
+    """In a child process: read the bridge's stream for `seconds`, noting when
+    each data line arrived (before decoding it), and send the list back."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("GET", "/api/v1/stream?kinds=samples", headers={"Accept": "text/event-stream"})
+    resp = conn.getresponse()
+    # the raw socket file: each of the bridge's writes is one HTTP chunk of
+    # whole SSE messages, so the chunk-size lines are just lines to skip
+    fp = resp.fp
+    got: list[tuple[float, str, int, float, float, int]] = []
+    end = time.time() + seconds
+    while time.time() < end:
+        line = fp.readline()
+        if not line:
+            break
+        if not line.startswith(b"data: "):
+            continue
+        arrived = time.time()
+        for d in json.loads(line[6:]):
+            got.append((arrived, d["device"], d["seq"], d["device_time"], d["utc"], d["flags"]))
+    conn.close()
+    out.send(got)
+    out.close()
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -307,7 +337,6 @@ def run_bench(
     gen = Generator(where, devices, channels, hz).start()
     proc: subprocess.Popen | None = None
     arrivals: list[tuple[float, str, int, float, float, int]] = []
-    stop_reading = threading.Event()
     try:
         proc, url = _start_bridge(
             gen, where / "bench.sqlite", where / "bridge.log", token, flush_ms
@@ -322,16 +351,13 @@ def run_bench(
                 raise RuntimeError("not every generator connected in 30 s")
             time.sleep(0.2)
 
-        def read() -> None:
-            with contextlib.suppress(ApiError, OSError):
-                for m in client.stream(kinds="samples", timeout=30):
-                    d = m.data
-                    arrivals.append((time.time(), d["device"], d["seq"], d["device_time"],
-                                     d["utc"], d["flags"]))  # fmt: skip
-                    if stop_reading.is_set():
-                        return
-
-        reader = threading.Thread(target=read, name="sse-reader", daemon=True)
+        # the stream is read in a process of its own, so the generators' thread
+        # and the reader do not wait for each other's GIL and skew the times
+        ctx = multiprocessing.get_context("spawn")
+        results, sender = ctx.Pipe(duplex=False)
+        reader = ctx.Process(
+            target=_read_stream, args=(url, warmup_s + seconds + 1.0, sender), daemon=True
+        )
         reader.start()
         time.sleep(warmup_s)
         s0, t0 = client.status(), time.time()
@@ -339,7 +365,6 @@ def run_bench(
         time.sleep(seconds)
         s1, t1 = client.status(), time.time()
         made1 = sum(d.seq for d in gen.devices)
-        stop_reading.set()
         gen.pause()
         # let the bridge commit the last samples the generators made
         made = {d.path.name: d.seq for d in gen.devices}
@@ -351,15 +376,16 @@ def run_bench(
             time.sleep(0.2)
         time.sleep(0.5)
         st_end = client.status()
+        if results.poll(30):
+            arrivals = results.recv()
+        reader.join(5)
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-        reader.join(5)
         figures = _figures(gen, where / "bench.sqlite", s0, s1, t0, t1, st_end, arrivals,
                            devices, channels, hz)  # fmt: skip
         figures["made_samples_per_s"] = round((made1 - made0) * channels / (t1 - t0), 1)
         return figures
     finally:
-        stop_reading.set()
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

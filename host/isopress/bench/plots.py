@@ -2,7 +2,8 @@
 
 `scenario` draws one scenario: per recorded channel, the true pressure under
 each controller beside the protocol's reference (and what isopress measured),
-the valve openings below it, and the faults as vertical lines. `comparison`
+the error against the reference, the valve openings, and the faults as
+vertical lines. `comparison`
 draws isopress beside the baselines over several scenarios: hold accuracy,
 valve actuations and time below setpoint.
 """
@@ -62,22 +63,24 @@ def scenario(
     fault_times: Sequence[float],
     path: Path,
 ) -> Path:
-    """runs: (controller, trace, metrics) in the order to draw them."""
+    """runs: (controller, trace, metrics) in the order to draw them. Per
+    channel: pressure, error against the reference (kPa), valve openings."""
     channels = sorted(runs[0][1].ch)
     t_end = max(float(tr.t_s[-1]) for _, tr, _ in runs if len(tr))
     scale, unit = _time_axis(t_end)
+    per = 3
     fig, axes = plt.subplots(
-        2 * len(channels),
+        per * len(channels),
         1,
-        figsize=(10, 3.2 * len(channels) + 1.6 * len(channels)),
+        figsize=(10, 5.6 * len(channels)),
         sharex=True,
-        gridspec_kw={"height_ratios": [3, 1] * len(channels)},
+        gridspec_kw={"height_ratios": [3, 2, 1] * len(channels)},
         squeeze=False,
     )
     for i, ch in enumerate(channels):
-        ax = axes[2 * i][0]
-        av = axes[2 * i + 1][0]
+        ax, ae, av = (axes[per * i + k][0] for k in range(per))
         ref_drawn = False
+        spans = []
         for controller, tr, m in runs:
             c = tr.ch[ch]
             t = tr.t_s / scale
@@ -92,16 +95,27 @@ def scenario(
             ax.plot(*_envelope(t, c["true"]), color=color, lw=1.0, label=label)
             if controller == "isopress":
                 ax.plot(*_envelope(t, c["meas"]), color=color, lw=0.4, alpha=0.4, label="measured")
+            err = (c["true"] - c["ref"]) * 1000.0
+            ae.plot(*_envelope(t, err), color=color, lw=0.8, label=controller)
+            ok = err[~np.isnan(err)]
+            if len(ok):
+                spans.append(float(np.percentile(np.abs(ok), 99.0)))
             opens = (c["fill_opens"] + c["vent_opens"]).astype(float)
             av.plot(*_envelope(t, opens), color=color, lw=1.0, label=controller)
         for f in fault_times:
-            for a in (ax, av):
+            for a in (ax, ae, av):
                 a.axvline(f / scale, color="orange", lw=1.0, ls=":")
+        if spans:
+            # most of the run, not the climb to the first setpoint
+            lim = max(1.5 * min(spans), 1.0)
+            ae.set_ylim(-lim, lim)
+        ae.axhline(0.0, color="k", lw=0.5)
         ax.set_ylabel(f"ch{ch} pressure / MPa")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ae.set_ylabel("true - reference\n/ kPa")
         av.set_ylabel("valve\nopenings")
-        av.grid(alpha=0.3)
+        for a in (ax, ae, av):
+            a.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     axes[-1][0].set_xlabel(f"time / {unit}")
     title = name + (f": {description}" if description else "")
     if fault_times:

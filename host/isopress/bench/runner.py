@@ -52,6 +52,7 @@ class Run:
     controller: str
     dir: Path
     hil: str | None = None
+    hil_speed: float = 1.0
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +89,7 @@ class Run:
         if self.hil:
             from isopress import hil
 
-            self.proc = hil.spawn_runner(plan_path, self.hil)
+            self.proc = hil.spawn_runner(plan_path, self.hil, self.hil_speed)
             return
         self.proc = subprocess.Popen(
             [
@@ -316,6 +317,13 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         choices=HIL_MODES,
         help="run isopress through the hardware-in-the-loop interface to a simulated board",
     )
+    p.add_argument(
+        "--hil-speed",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="sim-realtime: simulated seconds per wall second (default 1: real time)",
+    )
     p.add_argument("--keep", metavar="DIR", type=Path, help="keep each run's plan, trace, result")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -335,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         print(f"isopress bench run: scenario names used twice: {sorted(dup)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.hil_speed <= 0:
+        print("isopress bench run: --hil-speed must be > 0", file=sys.stderr)
         return EXIT_USAGE
     if args.jobs < 1:
         print("isopress bench run: --jobs must be at least 1", file=sys.stderr)
@@ -357,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     base = Path(tempfile.mkdtemp(prefix="isopress-bench-"))
     work = args.keep if args.keep else base
     runs = [
-        Run(s, c, work / s.name / c, hil=args.hil if c == "isopress" else None)
+        Run(s, c, work / s.name / c, args.hil if c == "isopress" else None, args.hil_speed)
         for s in scenarios
         for c in controllers
     ]

@@ -248,7 +248,9 @@ def load(path: Path | str) -> Scenario:
     config = _config(w, doc.get("config", {}), channels)
     record = doc.get("record")
     if record is None:
-        record = sorted({p.channel for p in protocols} | set(faults) - {0}) or channels
+        acted = {a[2]["values"][0] for a in actions if a[1] == "command"}
+        acted |= {a[2]["channel"] for a in actions if a[1] == "profile_resume"}
+        record = sorted({p.channel for p in protocols} | acted | set(faults) - {0}) or channels
     elif not isinstance(record, list) or not record or any(c not in channels for c in record):
         raise w.fail("record", f"= {record!r}: a list of channels from {channels}")
     first = {}

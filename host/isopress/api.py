@@ -296,11 +296,11 @@ def _client(request: web.Request) -> str:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(
-        data, status=status, dumps=lambda d: json.dumps(d, allow_nan=False, default=_nan_safe)
+        data, status=status, dumps=lambda d: json.dumps(d, allow_nan=False, default=_not_json)
     )
 
 
-def _nan_safe(o: Any) -> Any:
+def _not_json(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON")
 
 

@@ -38,16 +38,6 @@ def cmd_bench_firmware(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    print(
-        "isopress demo: not yet. The simulated holder and the bridge land with the\n"
-        "firmware and bridge issues; the wire protocol is here now:\n"
-        "  isopress bench protocol     codec figures\n"
-        "  make test                   vectors, properties, firmware builds"
-    )
-    return EXIT_OK
-
-
 def _channels(text: str) -> int:
     from isopress.codec import MESSAGES
 
@@ -81,11 +71,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"isopress {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the whole system on a simulated holder")
-    demo.set_defaults(func=cmd_demo)
+    from isopress import calibrate, commands, demo, export, flash, monitor, simulator
 
-    from isopress import export, flash, simulator
-
+    demo.add_parser(sub)
+    commands.add_parsers(sub)
+    monitor.add_parser(sub)
+    calibrate.add_parser(sub)
     simulator.add_parser(sub)
     export.add_parser(sub)
     flash.add_parser(sub)
@@ -105,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
         "--hours", type=_hours, default=24.0, help="simulated hours of the hold test (24)"
     )
     fw.set_defaults(func=cmd_bench_firmware)
+    br = suites.add_parser(
+        "bridge", help="ingest rate, CPU, latency and clock sync with N simulated boards"
+    )
+    br.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    br.add_argument("--devices", type=_positive, default=32, help="simulated boards (32)")
+    br.add_argument("--seconds", type=_positive, default=20, help="measured seconds (20)")
+    br.set_defaults(func=cmd_bench_bridge)
     return p
 
 

@@ -189,11 +189,13 @@ class Profile:
     steps: list[dict[str, Any]]  # as the API takes them: MPa, MPa/s, s
 
 
-def _pressure_value(value: Any, where: str, unit: str) -> float:
+def _pressure_value(value: Any, where: str, unit: str, per_s: bool = False) -> float:
+    """A pressure (or, per_s, a rate) in `unit` from the file, as MPa (MPa/s)."""
+    shown = f"{unit}/s" if per_s else unit
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProfileError(f"{where}: expected a number of {unit}, not {value!r}")
+        raise ProfileError(f"{where}: expected a number of {shown}, not {value!r}")
     if value < 0:
-        raise ProfileError(f"{where}: {value} {unit} is below 0 (gauge pressure)")
+        raise ProfileError(f"{where}: {value} {shown} is below 0")
     return to_mpa(float(value), unit)
 
 
@@ -237,7 +239,7 @@ def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
             step: dict[str, Any] = {
                 "kind": action.upper(),
                 "target_mpa": _pressure_value(s[action], f"{where}: {action}", unit),
-                "rate_mpa_s": _pressure_value(s.get("rate", 0), f"{where}: rate", f"{unit}/s"),
+                "rate_mpa_s": _pressure_value(s.get("rate", 0), f"{where}: rate", unit, True),
             }
         elif action == "hold":
             try:
@@ -471,7 +473,7 @@ def reached(view: dict[str, Any], target: float, band: float) -> bool:
     return (
         p is not None
         and view.get("mode") == "HOLD"
-        and abs((view.get("setpoint_mpa") or 0) - target) < 1e-9
+        and abs((view.get("setpoint_mpa") or 0) - target) < 2e-6  # the board keeps whole Pa
         and abs(p - target) <= band
     )
 
@@ -790,14 +792,21 @@ def cmd_leak_test(args: argparse.Namespace) -> int:
         wait_until_reached(c, d, ch, target, band, args.timeout, unit)
         _wait_device_seconds(c, d, ch, args.settle, args.timeout, "settling", unit)
         c.isolate(d, ch)
-        t_wall = time.time()
-        print(f"isolated at {show(c.channel(d, ch).get('pressure_mpa'), unit)}", flush=True)
+        # Samples are selected by the board's clock: a sample's UTC is the
+        # bridge's mapping of it, which a simulated board's fast clock bends.
+        at = c.channel(d, ch)
+        print(f"isolated at {show(at.get('pressure_mpa'), unit)}", flush=True)
         _wait_device_seconds(c, d, ch, seconds, seconds * 2 + args.timeout, "leak-down", unit)
-        rows = c.samples(d, ch, since=t_wall - 1)
+        rows = c.samples(d, ch, since=(at.get("utc") or time.time()) - 5)
     except (TimeoutError, RuntimeError) as e:
         print(f"isopress leak-test: {e}", file=sys.stderr)
         return EXIT_FAILED
-    points = [(s["device_time"], s["pressure_mpa"]) for s in rows if s.get("mode") == "ISOLATED"]
+    start = at.get("device_time") or 0.0
+    points = [
+        (s["device_time"], s["pressure_mpa"])
+        for s in rows
+        if s.get("mode") == "ISOLATED" and s["device_time"] >= start
+    ]
     try:
         r = leak_rate(points, min(60.0, seconds / 10))
     except ValueError as e:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import tty
+from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,13 +65,13 @@ class LineLink:
         self.fd = fd
         os.set_blocking(fd, False)
         self._buf = b""
+        self._lines: deque[str] = deque()
         self.closed = False
 
     def fileno(self) -> int:
         return self.fd
 
-    def read_lines(self) -> list[str]:
-        out: list[str] = []
+    def _poll(self) -> None:
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -84,8 +85,26 @@ class LineLink:
                 break
             self._buf += data
         *lines, self._buf = self._buf.split(b"\n")
-        out.extend(x.decode("ascii", "replace").strip() for x in lines)
-        return [x for x in out if x]
+        for x in lines:
+            text = x.decode("ascii", "replace").strip()
+            if text:
+                self._lines.append(text)
+
+    def read_lines(self) -> list[str]:
+        """Every whole line received so far."""
+        self._poll()
+        out = list(self._lines)
+        self._lines.clear()
+        return out
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._lines)
+
+    def next_line(self) -> str | None:
+        """The next whole line, leaving the rest for later, or None."""
+        self._poll()
+        return self._lines.popleft() if self._lines else None
 
     def send(self, line: str) -> None:
         data = (line + "\n").encode()
@@ -383,15 +402,17 @@ class HilRun:
         try:
             while self.t_ms < end:
                 timeout = STREAM_S if self.mode == "realtime" else 1.0
-                ready = sel.select(timeout)
+                ready = sel.select(0 if hil.pending else timeout)
                 now = time.monotonic()
                 for key, _ in ready:
                     last_heard = now
                     if key.data == "link":
                         self._frames(board.read_link())
-                        continue
-                    for line in hil.read_lines():
-                        self._line(board, server, rec, line)
+                for line in hil.read_lines():
+                    last_heard = now
+                    self._line(board, server, rec, line)
+                    if self.t_ms >= end:
+                        break
                 if hil.closed or not board.alive():
                     raise HilError(f"the board went away: {board.stderr().strip()[-400:]}")
                 if now - last_heard > SILENCE_S:
@@ -449,7 +470,8 @@ class HilRun:
     def _wait_line(self, board: SimBoard, kind: str) -> str:
         deadline = time.monotonic() + SILENCE_S
         while time.monotonic() < deadline:
-            for line in board.hil.read_lines():
+            line = board.hil.next_line()
+            if line is not None:
                 if line.startswith(kind + " "):
                     return line
                 raise HilError(f"expected {kind} from the board, got {line!r}")

@@ -39,7 +39,10 @@ from isopress.protocol import wire
 
 SCHEMA_VERSION = 2
 _IDLE_READERS = 4  # read connections kept open between reads
-RESUME_WINDOW = 100_000  # sequence numbers searched for holes when a bridge restarts
+# Sequence numbers searched for holes when a bridge restarts: more than any
+# board's ring holds (262,144 bytes of ring over 25-byte one-channel ticks is
+# about 10,500), so every hole a replay could still fill is found.
+RESUME_WINDOW = 20_000
 
 # Columns of a sample as add_samples takes them and samples() returns them
 # (plus the derived fill and vent bits on the way out).

@@ -133,13 +133,43 @@ FAULTS = {
     "vent_stuck_open": (_GAS_KINDS, "flag", True),
     "oven_step": (KINDS, (-100.0, 100.0, "K"), None),
     "oven_swing": (KINDS, (0.0, 50.0, "K"), None),
+    # A fitted proportional regulator (`[channel.N.regulator]`) only.
+    "regulator_stuck": (_GAS_KINDS, "flag", True),
+    "regulator_supply_lost": (_GAS_KINDS, (0.0, 100.0, "MPa"), 0.0),
+    "regulator_monitor_open": (_GAS_KINDS, "flag", True),
 }
+_REGULATOR_FAULTS = ("regulator_stuck", "regulator_supply_lost", "regulator_monitor_open")
 # Injecting one of a pair clears the other: a valve cannot be stuck both ways.
 _EXCLUSIVE = {
     "fill_stuck_open": "fill_stuck_closed",
     "fill_stuck_closed": "fill_stuck_open",
     "vent_stuck_open": "vent_stuck_closed",
     "vent_stuck_closed": "vent_stuck_open",
+}
+
+# A proportional electro-pneumatic regulator feeding a gas holder through its
+# own isolation valve: optional, `[channel.N.regulator]`.
+_REGULATOR_KEYS = (
+    ("range_mpa", "f", 0.01, 1000.0, "MPa"),
+    ("command_full_v", "f", 0.1, 100.0, "V"),
+    ("monitor_full_v", "f", 0.1, 100.0, "V"),
+    ("tau_s", "f", 0.001, 100.0, "s"),
+    ("d_mm", "f", 0.01, 10.0, "mm"),
+    ("cd", "f", 0.1, 1.0, ""),
+    ("offset_pct_fs", "f", -10.0, 10.0, "% FS"),
+    ("span_pct", "f", -10.0, 10.0, "%"),
+    ("monitor_noise_pct_fs", "f", 0.0, 10.0, "% FS"),
+)
+_REGULATOR_REF = {
+    "range_mpa": 10.0,
+    "command_full_v": 10.0,
+    "monitor_full_v": 10.0,
+    "tau_s": 0.3,
+    "d_mm": 1.0,
+    "cd": 0.8,
+    "offset_pct_fs": 0.3,
+    "span_pct": 0.5,
+    "monitor_noise_pct_fs": 0.05,
 }
 
 _ISO_REF = {
@@ -391,7 +421,12 @@ def _check_channel(n, given, oven_c):
         # Without a stated supply temperature the gas arrives at oven temperature.
         defaults["supply_temp_c"] = oven_c
     keys = (("kind", "s", KINDS, None, ""),) + _CHANNEL_KEYS[kind]
-    cfg = _check_section(where, given, keys, defaults, ("sensor", "fault"))
+    extra = ("sensor", "fault", "regulator") if kind in _GAS_KINDS else ("sensor", "fault")
+    cfg = _check_section(where, given, keys, defaults, extra)
+    if "regulator" in given:
+        cfg["regulator"] = _check_section(
+            where + ".regulator", given["regulator"], _REGULATOR_KEYS, _REGULATOR_REF
+        )
     sensor = given.get("sensor", {})
     if not isinstance(sensor, dict):
         raise ValueError("%s.sensor: expected a table of keys, got %r" % (where, sensor))
@@ -424,6 +459,7 @@ def _check_channel(n, given, oven_c):
             _check_fault_name(kind, fd["kind"], fw)
         else:
             fd["value"] = check_fault(kind, fd["kind"], fd["value"], fw)
+        _check_regulator_fitted("regulator" in cfg, fd["kind"], fw)
         cfg["fault"].append(fd)
     return cfg
 
@@ -437,6 +473,13 @@ def _check_fault_name(kind, fault, where):
         raise ValueError(
             "%s: fault %r does not apply to a %s holder (only %s)"
             % (where, fault, kind, ", ".join(FAULTS[fault][0]))
+        )
+
+
+def _check_regulator_fitted(fitted, fault, where):
+    if fault in _REGULATOR_FAULTS and not fitted:
+        raise ValueError(
+            "%s: fault %r needs a proportional regulator ([channel.N.regulator])" % (where, fault)
         )
 
 

@@ -38,6 +38,17 @@ def cmd_bench_firmware(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_bridge(args: argparse.Namespace) -> int:
+    from isopress.bench import bridge
+
+    figures = bridge.run_bench(devices=args.devices, seconds=args.seconds)
+    print(bridge.report(figures))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return EXIT_FAILED if bridge.failed(figures) else EXIT_OK
+
+
 def _channels(text: str) -> int:
     from isopress.codec import MESSAGES
 
@@ -71,13 +82,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"isopress {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from isopress import calibrate, commands, demo, export, flash, monitor, simulator
+    from isopress import bridge, calibrate, commands, demo, export, flash, monitor, simulator
 
     demo.add_parser(sub)
     commands.add_parsers(sub)
     monitor.add_parser(sub)
     calibrate.add_parser(sub)
     simulator.add_parser(sub)
+    bridge.add_parser(sub)
     export.add_parser(sub)
     flash.add_parser(sub)
 

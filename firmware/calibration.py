@@ -28,13 +28,13 @@ from array import array
 
 import wire
 
-_SENSOR = dict((name, code) for code, name in wire.SENSORS)
+_SENSOR = wire.codes(wire.SENSORS)
 RATIOMETRIC = _SENSOR["RATIOMETRIC_0_5_4_5V"]
 CURRENT = _SENSOR["CURRENT_4_20MA"]
 LOAD_CELL = _SENSOR["LOAD_CELL"]
 MCU_ADC = _SENSOR["MCU_ADC"]
 
-_RESULT = dict((name, code) for code, name in wire.RESULTS)
+_RESULT = wire.codes(wire.RESULTS)
 OK = _RESULT["OK"]
 OUT_OF_RANGE = _RESULT["OUT_OF_RANGE"]
 BAD_STATE = _RESULT["BAD_STATE"]

@@ -34,6 +34,8 @@ NOT_SUPPORTED = _R["NOT_SUPPORTED"]
 BAD_STATE = _R["BAD_STATE"]
 
 EV_SETPOINT = dict((n, k) for k, n in wire.EVENTS)["SETPOINT"]
+EV_CLEARED = dict((n, k) for k, n in wire.EVENTS)["ALARM_CLEARED"]
+REGULATOR = const(1 << 10)  # proportional.REGULATOR
 
 FILL_BIT = const(1)
 VENT_BIT = const(2)
@@ -83,6 +85,10 @@ class Channel:
         self.reg = Regulator(tick_ms, full_scale)
         self.sup = Supervisor(self)
         self.on_change = None  # called (cold path) when target or mode changes
+        # Analog control mode (proportional.py): the device fits `prop` where
+        # the profile has a regulator and sets `control` from the config.
+        self.prop = None
+        self.control = 0
 
     # ---- commands (cold path) ---------------------------------------------
 
@@ -151,7 +157,18 @@ class Channel:
 
     def acknowledge(self, mask):
         # ACK_ALARM: returns the bits that could not be cleared (0 = all).
+        # A regulator fault clears once its monitor follows the command again.
+        held = 0
+        if self.alarms & REGULATOR:
+            if mask & REGULATOR and self.prop is not None and self.prop.healthy():
+                self.alarms &= ~REGULATOR
+                self.emit(EV_CLEARED, self.number, 10, self.pressure, 0, 0)
+            else:
+                held = REGULATOR
         left = self.sup.acknowledge(mask)
+        if held:
+            self.alarms |= LATCHED  # the supervisor knows only its own latches
+            left |= held & mask
         if not (self.alarms & LATCHED) and self.mode in (TRIPPED, ISOLATED):
             # Safe, not regulating: the host sets a setpoint to resume.
             self.stop_regulating(MONITOR if self.kind_monitor else ISOLATED)
@@ -171,10 +188,16 @@ class Channel:
             self.on_change(self)
 
     def filtered_pa(self):
+        if self.control:
+            # The valve regulator's filters model flow through the valves;
+            # the proportional regulator's flow they would take for a drift.
+            return self.prop.pf
         reg = self.reg
         return reg.p_fast << reg.shift
 
     def settled_pa(self):
+        if self.control:
+            return self.prop.pf  # the regulator holds the present pressure
         reg = self.reg
         return reg.settled(reg.holding) << reg.shift
 
@@ -211,9 +234,14 @@ class Channel:
                 vent_ms = 4 * self.tick_ms
         elif (mode == HOLD or mode == RAMP or mode == VENT) and self.measured:
             self._ramp()
-            reg.step(self.setpoint >> sh, self.setpoint != self.target)
-            fill_ms = reg.out_fill
-            vent_ms = reg.out_vent
+            if not self.control:
+                reg.step(self.setpoint >> sh, self.setpoint != self.target)
+                fill_ms = reg.out_fill
+                vent_ms = reg.out_vent
+        if self.prop is not None:
+            # In control 1 it drives the regulator and the valves stay shut
+            # (a trip still vents them); in control 0 it keeps it sealed off.
+            self.prop.tick()
         self._apply(fill_ms, vent_ms)
 
     def _ramp(self):

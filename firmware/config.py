@@ -135,6 +135,11 @@ class _Channel:
                 raise ValueError("profile: channel kind " + str(self.kind))
             self.valves = self.kind != "monitor"
             self.analog = "analog_out_pin" in c and bool(volts_mv)
+            # control = 1 needs a proportional regulator to drive (the block
+            # in the profile; isostatic only), not the cycler's analog output.
+            self.proportional = self.kind == "isostatic" and isinstance(
+                c.get("proportional"), dict
+            )
             if self.analog:
                 scale = c["analog_out_scale"]
                 self.analog_fs = _scaled(scale["full_scale_mpa"], _MPA, "full_scale_mpa")
@@ -206,6 +211,8 @@ class _Channel:
                 hi = ceiling
             else:
                 hi = fs
+        if key == CONTROL and not self.proportional:
+            hi = 0  # valves only: 1 is out of range, and the answer says 0
         if key == MAX_WORKING or key == TRIP_RESET:
             hi = min(hi, e[TRIP] - 1)
         elif key == MIN_ALARM:
@@ -291,8 +298,6 @@ class Config:
         new = dict(now)
         new[key] = value
         lo, hi = unit.bounds(key, unit.values(new))
-        if key == CONTROL and value == 1 and lo <= value <= hi and not unit.analog:
-            return NOT_SUPPORTED, 0
         if lo <= value <= hi and not _broken(unit, new):
             self._set[channel] = new
             return OK, value

@@ -20,12 +20,7 @@ import array
 
 import wire
 
-
-def _codes(table):
-    return dict((name, code) for code, name in table)
-
-
-_R = _codes(wire.RESULTS)
+_R = wire.codes(wire.RESULTS)
 OK = _R["OK"]
 UNKNOWN_CHANNEL = _R["UNKNOWN_CHANNEL"]
 OUT_OF_RANGE = _R["OUT_OF_RANGE"]

@@ -28,6 +28,7 @@ from channel import Channel
 from clock import Clock
 from cycler_io import CyclerIO
 from endpoint import Endpoint
+from proportional import Proportional
 from supervisor import CONFIG, HOLD, ISOLATED, LATCHED, RAMP, VENT
 
 FIRMWARE = (0, 1, 0)
@@ -95,6 +96,9 @@ class Device:
             for key in ("fill_pin", "vent_pin"):
                 if key in c:
                     valves[c[key]] = hal.Valve(c[key])
+            iso = (c.get("proportional") or {}).get("isolate_pin")
+            if type(iso) is int:
+                valves[iso] = hal.Valve(iso)  # the regulator's isolation valve
         self.valves = valves
         self.profile = profile
         self.fs = hal.FS if fs is None else fs
@@ -145,6 +149,10 @@ class Device:
             )
             ch.force_cal = force
             ch.load_cell = load_cell
+            if "proportional" in c:
+                pb = c["proportional"]
+                iso = valves.get(pb.get("isolate_pin")) if isinstance(pb, dict) else None
+                ch.prop = Proportional(ch, pb, profile.get("analog_out") or {}, hal, iso)
             self._configure(ch)
             self.channels.append(ch)
             self.by_number[n] = ch
@@ -215,7 +223,6 @@ class Device:
             sup.leak_window = get("leak_window", sup.leak_window)
         reg = ch.reg
         reg.deadband = get("deadband") >> reg.shift
-        reg.guard = reg.deadband * 2 // 3
         reg.min_pulse = get("min_pulse", 5)
         reg.min_off = get("min_off", 2000)
         if "thermal_tau" in names:
@@ -224,6 +231,13 @@ class Device:
             ch.cal.rescale(get("area"))
         if names["analog_fs"] in v:
             self._analog_scale = True
+        if ch.prop is not None:
+            ch.control = get("control")
+            ch.prop.set_enabled(ch.control)
+            if ch.control:
+                # A rise with the fill valve shut is how a leaking fill valve
+                # shows in valve mode; here every rise is the regulator's.
+                sup.rise_alarm = 0
 
     def _next_boot(self):
         d, status = storage.read(self.fs + BOOTS)

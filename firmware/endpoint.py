@@ -35,7 +35,7 @@ IDENTIFY = _L["IDENTIFY"].id
 CLOCK_QUERY = _L["CLOCK_QUERY"].id
 REPLAY = _L["REPLAY"].id
 
-_R = dict((name, code) for code, name in wire.RESULTS)
+_R = wire.codes(wire.RESULTS)
 OK = _R["OK"]
 UNKNOWN_MESSAGE = _R["UNKNOWN_MESSAGE"]
 BAD_LENGTH = _R["BAD_LENGTH"]
@@ -44,7 +44,7 @@ BAD_STATE = _R["BAD_STATE"]
 BUSY = _R["BUSY"]
 VERSION = _R["VERSION"]
 
-_EV = dict((name, code) for code, name in wire.EVENTS)
+_EV = wire.codes(wire.EVENTS)
 EV_HOST_SILENT = _EV["HOST_SILENT"]
 EV_HOST_BACK = _EV["HOST_BACK"]
 

@@ -18,7 +18,7 @@ from crc16 import crc16
 HEADER_FMT = "<" + "".join(f[1] for f in wire.HEADER)
 _HS = wire.HEADER_SIZE
 
-_ERR = dict((name, code) for code, name in wire.FRAME_ERRORS)
+_ERR = wire.codes(wire.FRAME_ERRORS)
 E_TOO_LONG = _ERR["TOO_LONG"]
 E_STUFFING = _ERR["STUFFING"]
 E_SHORT = _ERR["SHORT"]

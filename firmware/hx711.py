@@ -37,28 +37,90 @@ MAX_COUNTS = 0x7FFFFF
 MIN_COUNTS = -0x800000
 
 
-class HX711:
+class HX711Base:
+    # What the bit-banged HX711 below and hx711_pio.HX711PIO share: the error
+    # codes, which gain each reading was converted with, waiting with a
+    # time-out, and the power cycle that puts the chip in a known state. A
+    # driver provides ready(), read(), power_down() and power_up().
+    def __init__(self, clock):
+        self._ticks = clock.ticks_ms
+        self._diff = clock.ticks_diff
+        self.error = OK
+        # A freshly powered chip converts at A/128 until told otherwise.
+        self.data_gain = 128
+        self._next_gain = 128
+
+    def set_gain(self, gain):
+        # 128 or 64 on input A, 32 on input B; takes effect from the
+        # conversion after the next read, which ends with _extra pulses.
+        if gain not in _PULSES:
+            raise ValueError("HX711 gain %r: 128 or 64 (input A), 32 (input B)" % gain)
+        self.gain = gain
+        self._extra = _PULSES[gain]
+
+    def _took_conversion(self):
+        # A read that clocked out a conversion asked for the next one's gain.
+        self.data_gain = self._next_gain
+        self._next_gain = self.gain
+
+    def _woke(self):
+        # Power-up resets the chip to A/128, whatever it was asked before.
+        self.data_gain = 128
+        self._next_gain = 128
+
+    def ready(self):
+        raise NotImplementedError
+
+    def read(self):
+        raise NotImplementedError
+
+    def power_down(self):
+        raise NotImplementedError
+
+    def power_up(self):
+        raise NotImplementedError
+
+    def wait_ready(self, timeout_ms):
+        # For boot and tools: True once a conversion waits, False (error
+        # ERR_TIMEOUT) after timeout_ms.
+        t0 = self._ticks()
+        while not self.ready():
+            if self._diff(self._ticks(), t0) >= timeout_ms:
+                self.error = ERR_TIMEOUT
+                return False
+            time.sleep_us(200)
+        return True
+
+    def read_blocking(self, timeout_ms):
+        # Signed counts, or None with `.error` set (ERR_TIMEOUT).
+        if not self.wait_ready(timeout_ms):
+            return None
+        return self.read()
+
+    def reset(self):
+        # A power cycle puts the chip in a known state (A/128) whatever a
+        # previous run (before a soft reset) left it at.
+        self.power_down()
+        time.sleep_us(100)
+        self.power_up()
+
+
+def signed24(v):
+    # The chip's 24-bit two's complement as a signed int.
+    if v & 0x800000:
+        v -= 0x1000000
+    return v
+
+
+class HX711(HX711Base):
     def __init__(self, dout, sck, gain=128, clock=time):
         sck.init(sck.OUT, value=0)
         dout.init(dout.IN)
         self._sck = sck.value
         self._dout = dout.value
+        super().__init__(clock)
         self.set_gain(gain)
-        # A freshly powered chip converts at A/128 until told otherwise.
-        self.data_gain = 128
-        self._next_gain = 128
-        self.error = OK
-        self._ticks = clock.ticks_ms
-        self._diff = clock.ticks_diff
         self.reset()
-
-    def set_gain(self, gain):
-        # 128 or 64 on input A, 32 on input B; takes effect from the
-        # conversion after the next read.
-        if gain not in _PULSES:
-            raise ValueError("HX711 gain %r: 128 or 64 (input A), 32 (input B)" % gain)
-        self.gain = gain
-        self._extra = _PULSES[gain]
 
     def ready(self):
         return self._dout() == 0
@@ -87,44 +149,17 @@ class HX711:
                 i -= 1
         finally:
             enable_irq(irq)
-        self.data_gain = self._next_gain
-        self._next_gain = self.gain
+        self._took_conversion()
         self.error = OK
-        if v & 0x800000:
-            v -= 0x1000000
-        return v
-
-    def wait_ready(self, timeout_ms):
-        # For boot and tools: True once DOUT is low, False after timeout_ms.
-        t0 = self._ticks()
-        while self._dout():
-            if self._diff(self._ticks(), t0) >= timeout_ms:
-                self.error = ERR_TIMEOUT
-                return False
-            time.sleep_us(200)
-        return True
-
-    def read_blocking(self, timeout_ms):
-        # Signed counts, or None with `.error` set (ERR_TIMEOUT).
-        if not self.wait_ready(timeout_ms):
-            return None
-        return self.read()
+        return signed24(v)
 
     def power_down(self):
         # SCK left high: the chip sleeps once 60 us have passed.
         self._sck(0)
         self._sck(1)
 
-    def reset(self):
-        # A power cycle puts the chip in a known state (A/128) whatever a
-        # previous run (before a soft reset) left it at.
-        self.power_down()
-        time.sleep_us(100)
-        self.power_up()
-
     def power_up(self):
         # SCK low wakes and resets the chip: gain A/128, and the first
         # conversion after its settling time (4 periods: 400 ms at 10 SPS).
         self._sck(0)
-        self.data_gain = 128
-        self._next_gain = 128
+        self._woke()

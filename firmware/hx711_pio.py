@@ -13,7 +13,9 @@
 # drains the FIFO and returns the newest conversion.
 import time
 
+import hx711
 import rp2
+from hx711 import OK, HX711Base, signed24
 from machine import Pin
 
 # The type checker reads the PIO assembler's names from the board stubs;
@@ -22,14 +24,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from rp2.asm_pio import *
 
-OK = 0
-ERR_TIMEOUT = 2
-ERR_NOT_READY = 4
+# hx711's error codes and count limits, for callers that import only this.
+ERR_TIMEOUT = hx711.ERR_TIMEOUT
+ERR_NOT_READY = hx711.ERR_NOT_READY
+MAX_COUNTS = hx711.MAX_COUNTS
+MIN_COUNTS = hx711.MIN_COUNTS
 
-MAX_COUNTS = 0x7FFFFF
-MIN_COUNTS = -0x800000
-
-_PULSES = {128: 1, 32: 2, 64: 3}
 _FREQ = 1000000  # 1 us per PIO cycle
 
 
@@ -52,30 +52,19 @@ def _hx711():
     wrap()
 
 
-class HX711PIO:
+class HX711PIO(HX711Base):
     def __init__(self, dout, sck, gain=128, sm_id=0, clock=time):
         self._dout_pin = dout
         self._sck_pin = sck
         self._sm = rp2.StateMachine(sm_id)
-        self._ticks = clock.ticks_ms
-        self._diff = clock.ticks_diff
-        self.error = OK
-        self.data_gain = 128
-        self._next_gain = 128
+        super().__init__(clock)
         self.set_gain(gain)
 
-    def _start(self):
-        # A power cycle, then the state machine from its first instruction:
-        # the chip is then at A/128 for its first conversion, whatever it was.
-        self.power_down()
-        time.sleep_us(100)
-        self.power_up()
-
     def set_gain(self, gain):
-        if gain not in _PULSES:
-            raise ValueError("HX711 gain %r: 128 or 64 (input A), 32 (input B)" % gain)
-        self.gain = gain
-        self._start()
+        # The state machine takes the gain pulses once, at its start: a new
+        # gain restarts it (a power cycle, so the chip is at A/128 first).
+        super().set_gain(gain)
+        self.reset()
 
     def ready(self):
         return self._sm.rx_fifo() > 0
@@ -89,26 +78,9 @@ class HX711PIO:
         v = 0
         while sm.rx_fifo():
             v = sm.get() & 0xFFFFFF
-            self.data_gain = self._next_gain
-            self._next_gain = self.gain
+            self._took_conversion()
         self.error = OK
-        if v & 0x800000:
-            v -= 0x1000000
-        return v
-
-    def wait_ready(self, timeout_ms):
-        t0 = self._ticks()
-        while not self._sm.rx_fifo():
-            if self._diff(self._ticks(), t0) >= timeout_ms:
-                self.error = ERR_TIMEOUT
-                return False
-            time.sleep_us(200)
-        return True
-
-    def read_blocking(self, timeout_ms):
-        if not self.wait_ready(timeout_ms):
-            return None
-        return self.read()
+        return signed24(v)
 
     def power_down(self):
         # Stop the state machine and hold SCK high from the CPU: the chip
@@ -123,10 +95,6 @@ class HX711PIO:
         sm.init(_hx711, freq=_FREQ, sideset_base=self._sck_pin, in_base=self._dout_pin)
         while sm.rx_fifo():
             sm.get()  # words from before the restart
-        sm.put(_PULSES[self.gain] - 1)
+        sm.put(self._extra - 1)
         sm.active(1)
-        self.data_gain = 128
-        self._next_gain = 128
-
-    def reset(self):
-        self._start()
+        self._woke()

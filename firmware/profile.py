@@ -52,12 +52,7 @@ import array
 import storage
 import wire
 
-
-def _codes(table):
-    return dict((name, code) for code, name in table)
-
-
-_R = _codes(wire.RESULTS)
+_R = wire.codes(wire.RESULTS)
 OK = _R["OK"]
 UNKNOWN_CHANNEL = _R["UNKNOWN_CHANNEL"]
 OUT_OF_RANGE = _R["OUT_OF_RANGE"]
@@ -65,18 +60,18 @@ BAD_STATE = _R["BAD_STATE"]
 BAD_PROFILE = _R["BAD_PROFILE"]
 STORAGE = _R["STORAGE"]
 
-_S = _codes(wire.STEPS)
+_S = wire.codes(wire.STEPS)
 SET = _S["SET"]
 RAMP = _S["RAMP"]
 HOLD = _S["HOLD"]
 WAIT = _S["WAIT"]
 
-_W = _codes(wire.WAITS)
+_W = wire.codes(wire.WAITS)
 NONE = _W["NONE"]
 HOST = _W["HOST"]
 TRIGGER = _W["TRIGGER"]
 
-_E = _codes(wire.EVENTS)
+_E = wire.codes(wire.EVENTS)
 EV_STEP = _E["PROFILE_STEP"]
 EV_DONE = _E["PROFILE_DONE"]
 

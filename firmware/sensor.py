@@ -57,7 +57,7 @@ STUCK = 5
 FAULTS = ((OK, "OK"), (MISSING, "MISSING"), (OPEN, "OPEN"), (RANGE, "RANGE"),
           (SATURATED, "SATURATED"), (STUCK, "STUCK"))  # fmt: skip
 
-_SENSORS = dict((name, code) for code, name in wire.SENSORS)
+_SENSORS = wire.codes(wire.SENSORS)
 RATIOMETRIC = _SENSORS["RATIOMETRIC_0_5_4_5V"]
 CURRENT = _SENSORS["CURRENT_4_20MA"]
 LOAD_CELL = _SENSORS["LOAD_CELL"]

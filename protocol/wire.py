@@ -280,6 +280,7 @@ ALARMS = (
     (7, "CONFIG"),
     (8, "HOST_SILENT"),
     (9, "WATCHDOG_RESET"),
+    (10, "REGULATOR"),  # proportional regulator's monitor disagrees with its command
     (15, "LATCHED"),
 )
 
@@ -331,6 +332,12 @@ def code_size(code):
     if code[-1] == "s":
         return int(code[:-1])
     return {"B": 1, "b": 1, "H": 2, "h": 2, "I": 4, "i": 4}[code]
+
+
+def codes(table):
+    # name -> code for one of the (code, name) vocabularies above, so a module
+    # names the codes it uses and a renamed entry fails at import.
+    return dict((name, code) for code, name in table)
 
 
 def fields_size(fields):

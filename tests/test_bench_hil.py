@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import tty
 from pathlib import Path
 
@@ -135,11 +136,14 @@ class FakeBoard:
         os.write(self.far, "".join(x + "\n" for x in lines).encode())
 
     def heard(self) -> str:
-        os.set_blocking(self.far, False)
-        try:
-            return os.read(self.far, 65536).decode()
-        except BlockingIOError:
-            return ""
+        # everything the host wrote: the pty may hand it over in pieces
+        out = b""
+        while select.select([self.far], [], [], 0.2)[0]:
+            data = os.read(self.far, 65536)
+            if not data:
+                break
+            out += data
+        return out.decode()
 
     def read_link(self) -> bytes:
         try:

@@ -56,10 +56,12 @@ def _pin(**kw):
     """One pin's facts. reset: state from reset until the firmware claims the
     pin ('pull_down', 'pull_up', 'float'). quiet: nothing drives or toggles it
     while the chip boots. strap: level it must have at reset for a normal boot
-    and for flashing. only: roles allowed despite `reserved`."""
+    and for flashing. only: roles allowed despite `reserved`. adc: the ADC
+    input it is, or None."""
     p = dict(
         label="", out=True, pull_up=True, pwm=True, reset="float", quiet=True,
         strap=None, reserved="", only=(), i2c=None, pwm_slice=None, dip_erratum=False,
+        adc=None,
     )  # fmt: skip
     p.update(kw)
     return p
@@ -82,7 +84,8 @@ def _rp2040_pico():
         # the same slice and output carry one and the same waveform.
         pwm_slice = ((n // 2) % 8, "A" if n % 2 == 0 else "B")
         label = f"GP{n} (pin {phys[n]})" if n in phys else f"GP{n}"
-        pins[n] = _pin(label=label, reset="pull_down", i2c=i2c, pwm_slice=pwm_slice)
+        adc = f"ADC{n - 26}" if n >= 26 else None  # GP26-GP29 are ADC0-ADC3
+        pins[n] = _pin(label=label, reset="pull_down", i2c=i2c, pwm_slice=pwm_slice, adc=adc)
     internal = {
         23: "drives the Pico's SMPS power-save pin",
         24: "senses VBUS on the Pico board",
@@ -112,6 +115,11 @@ def _esp32_wroom_devkitc():
         # Erratum: IO36/IO39 see ~80 ns low pulses when the SAR ADCs, the Hall
         # sensor or Wi-Fi power up. Only a debounced input may live there.
         pins[n]["dip_erratum"] = True
+    # SAR ADC1 (IO32-IO39) and ADC2, which the Wi-Fi driver takes over.
+    for n in (32, 33, 34, 35, 36, 39):
+        pins[n]["adc"] = "ADC1"
+    for n in (0, 2, 4, 12, 13, 14, 15, 25, 26, 27):
+        pins[n]["adc"] = "ADC2"
     for n in (0, 5, 15):
         pins[n]["reset"] = "pull_up"
     for n in (2, 4, 12):
@@ -131,7 +139,7 @@ def _esp32_wroom_devkitc():
 def _sim():
     # No silicon: pins are numbers the sim HAL routes to the plant model.
     # Only the board-independent rules apply.
-    return {n: _pin(label=str(n)) for n in range(64)}
+    return {n: _pin(label=str(n), adc="sim") for n in range(64)}
 
 
 PIN_TABLES = {"pico": _rp2040_pico(), "esp32_devkitc": _esp32_wroom_devkitc(), "sim": _sim()}
@@ -149,6 +157,11 @@ ROLES = {
     "i2c_scl": dict(out=True, load="pull_up"),
     "trigger_in": dict(load="pull_up", no_strap=True, debounced=True),
     "status_led": dict(out=True, load="pull_down"),
+    # A proportional regulator: its command like the cycler's analog output,
+    # its monitor on an ADC (an analog reading, so the IO36/IO39 dips do not
+    # matter), its isolation valve like any valve.
+    "reg_command": dict(out=True, load="pull_down", pwm=True, quiet=True, no_strap=True),
+    "reg_monitor": dict(load="none", adc=True, no_strap=True, debounced=True),
 }
 
 
@@ -191,6 +204,11 @@ def pin_uses(profile):
         add(ch.get("fill_pin"), "valve", f"{tag} fill_pin")
         add(ch.get("vent_pin"), "valve", f"{tag} vent_pin")
         add(ch.get("analog_out_pin"), "analog_out", f"{tag} analog_out_pin")
+        reg = ch.get("proportional")
+        if isinstance(reg, dict):
+            add(reg.get("command_pin"), "reg_command", f"{tag} proportional command_pin")
+            add(reg.get("monitor_pin"), "reg_monitor", f"{tag} proportional monitor_pin")
+            add(reg.get("isolate_pin"), "valve", f"{tag} proportional isolate_pin")
         s = ch.get("sensor") or {}
         if s.get("type") == "hx711":
             add(s.get("dout"), "hx711_dout", f"{tag} hx711 dout")
@@ -253,6 +271,12 @@ def _check_pin(p, pin, role, where, table, problems):
         problems.append(f"[pin-output] {name}: input-only pin, no output driver")
     if need.get("pwm") and not info["pwm"]:
         problems.append(f"[pin-pwm] {name}: no PWM on this pin")
+    if need.get("adc") and not info["adc"]:
+        problems.append(f"[pin-adc] {name}: not an ADC input")
+    elif need.get("adc") and info["adc"] == "ADC2":
+        problems.append(
+            f"[pin-adc] {name}: on ADC2, which the Wi-Fi driver takes over; use ADC1 (IO32-IO39)"
+        )
     if role == "trigger_in" and p.get("trigger_in_pull") == "internal" and not info["pull_up"]:
         problems.append(
             f"[pin-pull] {name}: no internal pull-up; set trigger_in_pull 'external' "
@@ -306,17 +330,17 @@ def _check_pins(p, problems):
             )
         seen[pin] = where
         _check_pin(p, pin, role, where, table, problems)
-    # RP2040: two analog outputs on the same PWM slice output are one signal.
+    # RP2040: two PWM outputs on the same slice output are one signal.
     owner = {}
-    for ch in p.get("channels") or ():
-        info = table.get(ch.get("analog_out_pin"))
-        if info and info["pwm_slice"] is not None:
-            first = owner.setdefault(info["pwm_slice"], ch.get("channel"))
-            if first != ch.get("channel"):
+    for pin, role, where in pin_uses(p):
+        info = table.get(pin) if _int(pin) else None
+        if role in ("analog_out", "reg_command") and info and info["pwm_slice"] is not None:
+            first = owner.setdefault(info["pwm_slice"], where)
+            if first != where:
                 number, output = info["pwm_slice"]
                 problems.append(
-                    f"[pwm-slice] ch{ch.get('channel')} analog_out_pin {info['label']}: "
-                    f"PWM slice {number}{output} is already ch{first}'s output"
+                    f"[pwm-slice] {where} {info['label']}: "
+                    f"PWM slice {number}{output} is already {first}'s output"
                 )
 
 
@@ -513,6 +537,78 @@ def _check_analog_out(ch, tag, ao, problems):
             )
 
 
+PROPORTIONAL_NUMBERS = (
+    "range_mpa", "command_full_v", "amp_gain", "monitor_full_v", "monitor_divider_ratio",
+    "adc_vref_v", "response_ms", "accuracy_pct_fs", "monitor_tolerance_pct_fs",
+    "monitor_persist_ms",
+)  # fmt: skip
+MONITOR_OVERRANGE = 1.05  # a monitor output swings this far past full scale
+TRIM_MAX_PCT_FS = 2.0  # firmware/proportional.py: the trim's reach
+
+
+def _check_proportional(ch, tag, ao, problems):
+    reg = ch.get("proportional")
+    if reg is None:
+        return
+    if not isinstance(reg, dict):
+        problems.append(f"[proportional] {tag}: proportional must be an object")
+        return
+    if ch.get("kind") != "isostatic":
+        problems.append(
+            f"[proportional] {tag}: a proportional regulator drives an isostatic channel only"
+        )
+    missing = [k for k in PROPORTIONAL_NUMBERS if not _positive(reg, k)]
+    missing += [k for k in ("command_pin", "monitor_pin", "isolate_pin") if not _int(reg.get(k))]
+    if missing:
+        problems.append(f"[proportional] {tag}: needs positive {missing}")
+        return
+    if _positive(ao, "pwm_v_high") and ao["pwm_v_high"] * reg["amp_gain"] < reg["command_full_v"]:
+        problems.append(
+            f"[proportional] {tag}: command_full_v {reg['command_full_v']} V is beyond the "
+            f"{ao['pwm_v_high'] * reg['amp_gain']:.2f} V that pwm_v_high x amp_gain reach"
+        )
+    at_pin = reg["monitor_full_v"] * reg["monitor_divider_ratio"]
+    if at_pin * MONITOR_OVERRANGE > reg["adc_vref_v"]:
+        problems.append(
+            f"[proportional] {tag}: the monitor at {MONITOR_OVERRANGE:.0%} of full scale puts "
+            f"{at_pin * MONITOR_OVERRANGE:.2f} V on the ADC pin, above adc_vref_v "
+            f"{reg['adc_vref_v']} V; lower monitor_divider_ratio"
+        )
+    elif at_pin < 0.5 * reg["adc_vref_v"]:
+        problems.append(
+            f"[proportional] {tag}: the monitor's full scale uses under half the ADC's range; "
+            "raise monitor_divider_ratio"
+        )
+    if reg["adc_vref_v"] > 3.6:
+        problems.append(f"[proportional] {tag}: adc_vref_v above the MCU's 3.3 V supply")
+    lim = ch.get("limits") or {}
+    if _positive(lim, "trip_mpa") and reg["range_mpa"] < lim["trip_mpa"]:
+        problems.append(
+            f"[proportional] {tag}: range_mpa {reg['range_mpa']} cannot reach the trip "
+            f"{lim['trip_mpa']} MPa, so neither every setpoint nor the trip's reset level"
+        )
+    if _positive(lim, "rated_mpa") and reg["range_mpa"] > lim["rated_mpa"]:
+        problems.append(
+            f"[proportional] {tag}: range_mpa {reg['range_mpa']} is above the chamber's rating "
+            f"{lim['rated_mpa']} MPa: a regulator failed to full scale would go there"
+        )
+    if reg["accuracy_pct_fs"] > TRIM_MAX_PCT_FS:
+        problems.append(
+            f"[proportional] {tag}: accuracy_pct_fs {reg['accuracy_pct_fs']} is beyond the "
+            f"firmware's trim ({TRIM_MAX_PCT_FS} % FS)"
+        )
+    if reg["monitor_tolerance_pct_fs"] <= reg["accuracy_pct_fs"]:
+        problems.append(
+            f"[proportional] {tag}: monitor_tolerance_pct_fs must exceed accuracy_pct_fs, or a "
+            "regulator within its own specification raises the alarm"
+        )
+    if reg["monitor_persist_ms"] < 2 * reg["response_ms"]:
+        problems.append(
+            f"[proportional] {tag}: monitor_persist_ms below twice response_ms alarms on "
+            "a step the regulator is still following"
+        )
+
+
 def _check_channels(p, problems):
     chans = p.get("channels") or []
     numbers = [c.get("channel") for c in chans]
@@ -547,6 +643,7 @@ def _check_channels(p, problems):
             _check_hx711(s, tag, problems)
         _check_limits(ch, tag, problems)
         _check_analog_out(ch, tag, p.get("analog_out") or {}, problems)
+        _check_proportional(ch, tag, p.get("analog_out") or {}, problems)
 
 
 def check(profile):
@@ -565,6 +662,13 @@ def check(profile):
 def _role_text(profile, role, where):
     if role == "analog_out":
         return f"out, PWM {profile['analog_out']['pwm_freq_hz']} Hz into 2-pole RC filter"
+    if role == "reg_command":
+        return (
+            f"out, PWM {profile['analog_out']['pwm_freq_hz']} Hz into RC filter and amplifier: "
+            "0-10 V regulator command"
+        )
+    if role == "reg_monitor":
+        return "in, ADC: regulator monitor 0-10 V through a divider"
     if role in ("i2c_sda", "i2c_scl"):
         return f"I2C{where[3]} {role[4:].upper()}, pull-up to 3.3 V"
     if role == "trigger_in":

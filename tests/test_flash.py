@@ -4,6 +4,7 @@ how it fails. The board end is a stand-in `mpremote` that records its calls."""
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -116,6 +117,24 @@ def test_dry_run_compiles_valid_mpy_files_and_copies_nothing(board, tmp_path, fa
         assert head[1] == flash.MPY_VERSION, name
         assert head[3] <= 31, name  # small ints of a 32-bit board
     assert fake_mpremote() == []
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_the_boards_port_and_every_module_it_imports_are_flashed(board):
+    # port_common.py is shared by both ports: a board without it cannot boot.
+    _arch, port = BOARDS[board]
+    flashed = {p.stem for p in flash.modules(flash.load_board(board))}
+    own = {p.stem for p in FIRMWARE.glob("*.py")}
+    source = FIRMWARE / f"port_{port}.py"
+    imported = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert "port_common" in imported
+    assert {f"port_{port}", *(imported & own)} <= flashed
+    assert OTHER_PORT[port][:-3] not in flashed
 
 
 def test_dry_run_without_a_build_dir_leaves_nothing_behind(capsys):

@@ -779,6 +779,17 @@ BAD_PARAMS = [
         {"channel": {"4": {"kind": "monitor", "fault": [{"at_s": 1.0, "kind": "supply_lost"}]}}},
         "channel.4.fault[0]: fault 'supply_lost' does not apply to a monitor holder",
     ),
+    (
+        {"channel": {"4": {"kind": "monitor", "regulator": {}}}},
+        "channel.4: unknown key 'regulator'",
+    ),
+    (iso(regulator={"tau": 1.0}), "channel.1.regulator: unknown key 'tau'"),
+    (iso(regulator={"d_mm": 0.0}), "channel.1.regulator.d_mm = 0.0: expected a number in 0.01"),
+    (iso(regulator=[]), "channel.1.regulator: expected a table"),
+    (
+        fault(at_s=1.0, kind="regulator_stuck"),
+        "channel.1.fault[0]: fault 'regulator_stuck' needs a proportional regulator",
+    ),
 ]
 
 
@@ -839,6 +850,143 @@ def test_advance_zero_changes_nothing():
     assert p.truth_row() == before
 
 
+# ---------------------------------------------------------------- proportional regulator
+
+
+def regulated(**keys: object) -> plant.Plant:
+    """Channel 1 with a proportional regulator (0-10 V for 0-10 MPa)."""
+    return plant.Plant(rig({"regulator": keys}))
+
+
+def test_regulator_outlet_lags_the_command_and_its_valve_seals_the_chamber():
+    p = regulated(offset_pct_fs=0.0, span_pct=0.0)
+    h, r = p.holder(1), p.holder(1).regulator
+    r.command_v = 5.0
+    p.advance(0.3)  # one time constant
+    assert r.out == pytest.approx(5e6 * (1 - math.exp(-1)), rel=1e-9)
+    p.advance(5.0)
+    assert r.out == pytest.approx(5e6, rel=1e-6)
+    # the isolation valve is shut: nothing reached the chamber or left the supply
+    assert h.pressure == pytest.approx(0.0, abs=1e-6) and h.gas_used == 0.0
+
+
+def test_regulator_fills_then_relieves_from_above():
+    p = regulated(offset_pct_fs=0.0, span_pct=0.0)
+    h, r = p.holder(1), p.holder(1).regulator
+    r.valve = True
+    r.command_v = 5.0
+    p.advance(60.0)
+    assert h.pressure == pytest.approx(5e6, abs=2e3)  # the gas still cools a little
+    assert h.gas_used > 0.0
+    used = h.gas_used
+    r.command_v = 2.0
+    low = 5e6
+    for _ in range(1500):
+        p.advance(0.04)
+        low = min(low, h.pressure)
+    # relieved to the outlet and never below it: the flow stops where they meet
+    assert h.pressure == pytest.approx(2e6, abs=1e3)
+    assert low > 2e6 - 1.0
+    # relieving draws no gas; a few Pa of make-up where the pilot settles
+    assert h.gas_used - used < 1e-7
+
+
+def test_regulator_holds_the_chamber_against_the_oven():
+    p = plant.Plant(rig({"regulator": {}, "initial_mpa": 0.0}, oven_period_s=600.0))
+    p.inject(1, "oven_swing", 3.0)
+    h, r = p.holder(1), p.holder(1).regulator
+    r.valve = True
+    r.command_v = 5.0
+    p.advance(120.0)
+    seen = []
+    for _ in range(600):
+        p.advance(1.0)
+        seen.append(h.pressure)
+    # a sealed chamber would swing +-1 %; the regulator fills and relieves
+    assert max(seen) - min(seen) < 2e3
+
+
+def test_regulator_offset_span_and_monitor():
+    p = regulated()  # 0.3 % FS offset, 0.5 % span, monitor noise 0.05 % FS
+    r = p.holder(1).regulator
+    r.command_v = 5.0
+    p.advance(5.0)
+    assert r.target() == pytest.approx(5e6 * 1.005 + 3e4)
+    assert r.out == pytest.approx(r.target(), abs=1.0)  # 5 s is 17 time constants
+    # the monitor is the unit's own sensor: it agrees with the command, not
+    # with the outlet it really delivers
+    vs = [r.monitor_v() for _ in range(4000)]
+    mean = sum(vs) / len(vs)
+    rms = (sum((v - mean) ** 2 for v in vs) / len(vs)) ** 0.5
+    assert mean == pytest.approx(5.0, abs=5e-4)
+    assert rms == pytest.approx(0.005, rel=0.05)
+    r.command_v = 12.0  # beyond the input range: it saturates
+    assert r.target() == pytest.approx(10e6 * 1.005 + 3e4)
+    r.command_v = -1.0  # below: the offset alone
+    assert r.target() == pytest.approx(3e4)
+    low = plant.Plant(rig({"regulator": {"offset_pct_fs": -1.0}})).holder(1).regulator
+    assert low.target() == 0.0  # it relieves to atmosphere and no lower
+
+
+def test_regulator_supply_lost_check_valve_holds_and_the_monitor_shows_it():
+    p = regulated(offset_pct_fs=0.0, span_pct=0.0, monitor_noise_pct_fs=0.0)
+    h, r = p.holder(1), p.holder(1).regulator
+    r.valve = True
+    r.command_v = 3.0
+    p.advance(150.0)  # the gas back at wall temperature: sealed, it holds still
+    p.inject(1, "regulator_supply_lost", 0.0)
+    r.command_v = 5.0
+    p.advance(30.0)
+    assert h.pressure == pytest.approx(3e6, abs=3e3)  # nothing in, nothing back out
+    assert r.monitor_v() == pytest.approx(h.pressure / 1e6, abs=0.003)  # not the 5 V asked
+    p.inject(1, "regulator_supply_lost", 4.0)  # comes back to 4 MPa, below the command
+    p.advance(60.0)
+    assert h.pressure == pytest.approx(4e6, abs=3e3)
+    p.clear(1, "regulator_supply_lost")
+    p.inject(1, "supply_lost", 4.5)  # the holder's supply feeds the regulator too
+    p.advance(60.0)
+    assert h.pressure == pytest.approx(4.5e6, abs=3e3)
+
+
+def test_regulator_stuck_and_monitor_open():
+    p = regulated(offset_pct_fs=0.0, span_pct=0.0, monitor_noise_pct_fs=0.0)
+    r = p.holder(1).regulator
+    r.command_v = 3.0
+    p.advance(5.0)
+    p.inject(1, "regulator_stuck", True)
+    r.command_v = 6.0
+    p.advance(5.0)
+    assert r.out == pytest.approx(3e6, rel=1e-4)
+    p.clear(1, "regulator_stuck")
+    p.advance(5.0)
+    assert r.out == pytest.approx(6e6, rel=1e-4)
+    assert r.monitor_v() == pytest.approx(6.0, rel=1e-4)
+    p.inject(1, "regulator_monitor_open", True)
+    assert r.monitor_v() == 0.0
+    p.clear(1, "regulator_monitor_open")
+    assert r.monitor_v() == pytest.approx(6.0, rel=1e-4)
+
+
+def test_regulator_faults_need_a_regulator_and_truth_columns_only_where_fitted():
+    p = plant.Plant()
+    for fault in plant._REGULATOR_FAULTS:
+        with pytest.raises(ValueError, match="needs a proportional regulator"):
+            p.inject(1, fault, True if fault != "regulator_supply_lost" else 0.0)
+    assert not any("reg_" in c for c in p.truth_header())
+    p = plant.Plant(
+        {"channel": {"1": {"kind": "isostatic", "regulator": {}}, "2": iso()["channel"]["1"]}}
+    )
+    p.holder(1).regulator.command_v = 2.5
+    p.holder(1).regulator.valve = True
+    p.advance(1.0)
+    row = dict(zip(p.truth_header(), p.truth_row(), strict=True))
+    assert not any(c.startswith("ch2_reg_") for c in row)
+    assert row["ch1_reg_command_v"] == 2.5 and row["ch1_reg_valve"] == 1
+    assert row["ch1_reg_target_pa"] == pytest.approx(2.5e6 * 1.005 + 3e4)
+    assert row["ch1_reg_monitor_v"] is None  # not sampled yet: truth draws no noise
+    assert 0 < row["ch1_reg_out_pa"] <= row["ch1_reg_target_pa"]
+
+
 # ---------------------------------------------------------------- truth log, docs
 
 
@@ -864,10 +1012,11 @@ def test_plant_md_documents_every_key_and_column():
         keys |= {k[0] for k in table}
     for table in plant._SENSOR_KEYS.values():
         keys |= {k[0] for k in table}
+    keys |= {k[0] for k in plant._REGULATOR_KEYS}
     keys |= {"kind", "at_s", "value", "duration_s", "clear"}
     missing = keys - rows
     assert not missing, f"PLANT.md has no table row for {sorted(missing)}"
-    for column in plant._TRUTH_COLUMNS:
+    for column in plant._TRUTH_COLUMNS + plant._REGULATOR_COLUMNS:
         assert f"`chN_{column}`" in doc, column
 
 

@@ -34,10 +34,11 @@ STUB_PACKAGES = {
     "rp2": f"micropython-rp2-stubs=={STUB_VERSION}.*",
     "esp32": f"micropython-esp32-stubs=={STUB_VERSION}.*",
 }
-# What each port must check clean: the port itself and the board-only drivers.
+# What each port must check clean: the port itself, what both ports share, and
+# the board-only drivers.
 TYPED = {
-    "rp2": ["port_rp2.py", "hx711_pio.py", "main.py"],
-    "esp32": ["port_esp32.py", "main.py"],
+    "rp2": ["port_rp2.py", "port_common.py", "hx711_pio.py", "main.py"],
+    "esp32": ["port_esp32.py", "port_common.py", "main.py"],
 }
 # The table "HAL interface" in firmware/README.md.
 HAL_NAMES = [

@@ -40,6 +40,8 @@ class HilError(Exception):
 
 class RemoteHolder:
     # What the sim HAL reads and writes on a holder, backed by the wire.
+    regulator = None  # no proportional regulator travels over the HIL line (yet)
+
     def __init__(self, plant, ch):
         self._p = plant
         self.ch = ch

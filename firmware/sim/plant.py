@@ -716,6 +716,7 @@ class Holder:
     valve states) and reads `signal()`; the rest is the truth."""
 
     kind = ""
+    regulator = None  # a Regulator on a gas holder that has one
 
     def __init__(self, plant, ch, cfg, rng, fs):
         self.ch = ch
@@ -783,6 +784,110 @@ class Holder:
         return self._to
 
 
+class Regulator:
+    """A proportional electro-pneumatic regulator (relieving) and the
+    normally-closed isolation valve between its outlet and the gas.
+
+    The sim HAL sets `command_v` (volts at its command input) and `valve`
+    (the isolation valve commanded open). The pilot aims the outlet at
+    target(), the command through the unit's own offset and span errors,
+    with a first-order lag `tau_s`. The outlet feeds the gas through an
+    orifice (`d_mm`, `cd`): while it is above the gas it fills from the
+    supply, which a check valve keeps from flowing back; while the gas is
+    above it, the regulator relieves the gas to atmosphere. So the outlet is
+    the pilot's pressure, except that it cannot rise above the supply (nor,
+    without flow, fall below what it holds). The monitor is the unit's own
+    outlet sensor, errors and all: in steady state it agrees with the
+    command even where the outlet is off, which only the holder's
+    transducer can tell."""
+
+    def __init__(self, cfg, rng):
+        self.range = cfg["range_mpa"] * 1.0e6
+        self._cfull = cfg["command_full_v"]
+        self._mfull = cfg["monitor_full_v"]
+        self.tau = cfg["tau_s"]
+        self.ca = _ca(cfg["d_mm"], cfg["cd"])
+        self._off = cfg["offset_pct_fs"] / 100.0 * self.range
+        self._span = 1.0 + cfg["span_pct"] / 100.0
+        self._noise = cfg["monitor_noise_pct_fs"] / 100.0
+        self._rng = rng
+        self.command_v = 0.0
+        self.valve = False
+        self.pilot = 0.0  # Pa gauge: where the pilot holds the outlet now
+        self.out = 0.0  # Pa gauge at the outlet
+        self.stuck = False
+        self.monitor_open = False
+        self.last_monitor = None
+        self._p0 = 0.0  # the pilot over the present chunk: start, target, start time
+        self._tg = 0.0
+        self._t0 = 0.0
+        self._moving = False
+        self._eh = -1.0
+        self._e = 0.0
+
+    def target(self):
+        """Outlet (Pa gauge) the unit aims at for the present command."""
+        x = self.command_v / self._cfull
+        x = 0.0 if x < 0.0 else 1.0 if x > 1.0 else x  # the input saturates
+        t = x * self.range * self._span + self._off
+        return t if t > 0.0 else 0.0  # it relieves to atmosphere, no lower
+
+    def _begin(self, t0, t1):
+        # The lag, exactly: at the chunk's end here, inside it in pilot_at()
+        # (a chunk can be a minute long when nothing else happens). True if
+        # the pilot starts to move or changes course: a step change for the
+        # integrator, like a valve opening.
+        p0 = self.pilot
+        self._p0 = p0
+        self._t0 = t0
+        was = self._tg if self._moving else None
+        self._tg = p0
+        self._moving = False
+        if self.stuck:
+            return False
+        tg = self.target()
+        if abs(tg - p0) <= 1.0e-9 * self.range:
+            self.pilot = tg
+            self._tg = tg
+            return False
+        h = t1 - t0
+        if h != self._eh:
+            self._eh = h
+            self._e = math.exp(-h / self.tau)
+        self._tg = tg
+        self._moving = True
+        self.pilot = tg + (p0 - tg) * self._e
+        return tg != was
+
+    def pilot_at(self, t):
+        """The pilot (Pa gauge) at time t inside the present chunk."""
+        if self._moving:
+            tg = self._tg
+            return tg + (self._p0 - tg) * math.exp((self._t0 - t) / self.tau)
+        return self._tg
+
+    def _end(self, gas_gauge, supply_gauge):
+        p = self.pilot
+        hold = gas_gauge if self.valve else self.out
+        s = supply_gauge if supply_gauge > hold else hold
+        out = p if p < s else s
+        self.out = out if out > 0.0 else 0.0
+
+    def monitor_v(self):
+        """The monitor output now, V (one new sample: draws noise)."""
+        if self.monitor_open:
+            v = 0.0  # the wire is open: the divider pulls the ADC pin down
+        else:
+            x = (self.out - self._off) / self._span / self.range
+            if self._noise:
+                x += self._noise * self._rng.gauss()
+            v = x * self._mfull
+            top = 1.05 * self._mfull  # the output stage's rail
+            v = 0.0 if v < 0.0 else top if v > top else v
+        self.last_monitor = v
+        return v
+
+
 class _GasHolder(Holder):
     """An ideal-gas volume with fill, vent, leaks and a relief valve, and heat
     exchange with its wall (the oven) with time constant tau."""
@@ -820,6 +925,10 @@ class _GasHolder(Holder):
         self._wt = plant._w * self._tau
         self._oven_changed()
         self._mech = False  # a piston to settle after every step
+        self._ps_reg = self._ps  # the regulator's supply, Pa abs
+        self._ca_reg = 0.0
+        if "regulator" in cfg:
+            self.regulator = Regulator(cfg["regulator"], Rng(rng.state ^ 0x52454755))
 
     def _oven_changed(self):
         self._ka = self._oamp / (1.0 + self._wt * self._wt)
@@ -841,6 +950,17 @@ class _GasHolder(Holder):
         )
         self._fill_stuck = 1 if "fill_stuck_open" in f else -1 if "fill_stuck_closed" in f else 0
         self._vent_stuck = 1 if "vent_stuck_open" in f else -1 if "vent_stuck_closed" in f else 0
+        reg = self.regulator
+        if reg is not None:
+            ps = self._ps
+            if "regulator_supply_lost" in f:
+                own = f["regulator_supply_lost"] * 1.0e6 + self._pa
+                if own < ps:
+                    ps = own
+            self._ps_reg = ps
+            reg.stuck = "regulator_stuck" in f
+            reg.monitor_open = "regulator_monitor_open" in f
+            self._h = _H_START  # a supply that changes is a step for the integrator
 
     # -- the truth
     @property
@@ -889,6 +1009,24 @@ class _GasHolder(Holder):
                 q = gas.orifice(ca, pa, Tw, P)
                 qin += q
                 hin += q * Tw
+        ca = self._ca_reg
+        if ca > 0.0:
+            # The regulator's outlet: its pilot, but no higher than the supply
+            # it draws from (through its check valve), nor, without flow,
+            # lower than the gas it feeds.
+            pl = self.regulator.pilot_at(t) + self._pa
+            src = self._ps_reg
+            if src < P:
+                src = P
+            if pl < src:
+                src = pl
+            if src > P:
+                q = gas.orifice(ca, src, self._ts, P)
+                used += q
+                qin += q
+                hin += q * self._ts
+            elif P > pl:
+                qout += gas.orifice(ca, P, T, pl)  # it relieves to atmosphere
         k = self._leak_k
         if k:
             q = k * (P - self._pa) * V / (gas.R * T)
@@ -914,11 +1052,14 @@ class _GasHolder(Holder):
             ca_out += self._ca_vent
         if self.relief_open:
             ca_out += self._ca_relief
-        if ca_in != self._ca_in or ca_out != self._ca_out:
+        reg = self.regulator
+        ca_reg = reg.ca if reg is not None and reg.valve else 0.0
+        if ca_in != self._ca_in or ca_out != self._ca_out or ca_reg != self._ca_reg:
             self._ca_in = ca_in
             self._ca_out = ca_out
+            self._ca_reg = ca_reg
             self._h = _H_START
-        return ca_in > 0.0 or ca_out > 0.0
+        return ca_in > 0.0 or ca_out > 0.0 or ca_reg > 0.0
 
     def _check_relief(self):
         """Pop open at the set pressure, reseat below it by the blowdown."""
@@ -948,7 +1089,7 @@ class _GasHolder(Holder):
         gas there, else 0. Near equilibrium an orifice is laminar, a leak
         with k = Cd A klam R sqrt(T) / V; when k tau is large the equations
         are stiff (steps of a fraction of 1/k) but their limit is simple."""
-        if self._ca_out == 0.0 or (self._ca_in > 0.0 and self._ps > self._pa):
+        if self._ca_out == 0.0 or self._ca_reg > 0.0 or (self._ca_in > 0.0 and self._ps > self._pa):
             return 0.0
         gas = self._gas
         T = self._T
@@ -959,6 +1100,16 @@ class _GasHolder(Holder):
         return k if k * self._tau >= _QUIET else 0.0
 
     def _gas_chunk(self, t0, t1, s0, c0, s1, c1):
+        reg = self.regulator
+        if reg is None:
+            self._gas_flow(t0, t1, s0, c0, s1, c1)
+            return
+        if reg._begin(t0, t1):
+            self._h = _H_START
+        self._gas_flow(t0, t1, s0, c0, s1, c1)
+        reg._end(self.gas_pressure, self._ps_reg - self._pa)
+
+    def _gas_flow(self, t0, t1, s0, c0, s1, c1):
         h = t1 - t0
         base = self._plant._oven_k + self._ostep
         if self._set_paths():
@@ -1351,6 +1502,15 @@ class Monitor(Holder):
 
 _CLASSES = {"isostatic": Isostatic, "uniaxial": Uniaxial, "monitor": Monitor}
 
+# After a channel's _TRUTH_COLUMNS, for a holder with a regulator only.
+_REGULATOR_COLUMNS = (
+    "reg_command_v",
+    "reg_target_pa",
+    "reg_out_pa",
+    "reg_valve",
+    "reg_monitor_v",
+)
+
 _TRUTH_COLUMNS = (
     "pressure_pa",
     "gas_pa",
@@ -1426,9 +1586,12 @@ class Plant:
         where = "channel %d" % ch
         if value is None or value is False:
             _check_fault_name(h.kind, fault, where)
+            _check_regulator_fitted(h.regulator is not None, fault, where)
             h._set_fault(fault, None)
             return
-        h._set_fault(fault, check_fault(h.kind, fault, value, where))
+        value = check_fault(h.kind, fault, value, where)
+        _check_regulator_fitted(h.regulator is not None, fault, where)
+        h._set_fault(fault, value)
 
     def clear(self, ch, fault):
         self.inject(ch, fault, None)
@@ -1486,6 +1649,9 @@ class Plant:
         for ch in self.channels:
             for c in _TRUTH_COLUMNS:
                 out.append("ch%d_%s" % (ch, c))
+            if self._holders[ch].regulator is not None:
+                for c in _REGULATOR_COLUMNS:
+                    out.append("ch%d_%s" % (ch, c))
         return out
 
     def truth_row(self):
@@ -1511,4 +1677,11 @@ class Plant:
             out.append(h.supply_v)
             out.append(h.gas_used)
             out.append("|".join(fl))
+            reg = h.regulator
+            if reg is not None:
+                out.append(reg.command_v)
+                out.append(reg.target())
+                out.append(reg.out)
+                out.append(1 if reg.valve else 0)
+                out.append(reg.last_monitor)
         return out

@@ -180,10 +180,15 @@ def I2C(bus):
 class AnalogOut:
     def __init__(self, pin, freq_hz):
         self.pin = pin
+        # (regulator, V per count) where the pin is a regulator's command
+        self._sink = _analog_map.get(pin)
         _outputs[pin] = 0
 
     def write_u16(self, v):
         _outputs[self.pin] = v
+        if self._sink is not None:
+            reg, k = self._sink
+            reg.command_v = v * k
 
 
 class ADC:
@@ -270,6 +275,7 @@ class MemoryLink:
 
 
 _valve_map = {}
+_analog_map = {}  # command pin -> (plant regulator, V per duty count)
 
 
 def _signal_volts(holder, sensor, supply=False):
@@ -295,6 +301,23 @@ def _signal_volts(holder, sensor, supply=False):
     return volts
 
 
+def _route_regulator(profile, c, h):
+    # A proportional regulator: PWM duty through the filter and amplifier to
+    # its command input, its monitor through the divider to the ADC pin, and
+    # its isolation valve. A profile block without a regulator in the plant
+    # drives nothing and reads 0 V, as an unplugged one would.
+    pb = c.get("proportional")
+    reg = h.regulator
+    if not pb or reg is None:
+        return
+    reg.command_v = 0.0  # a reset leaves the PWM pin low until the firmware writes
+    ao = profile.get("analog_out") or {}
+    _analog_map[pb["command_pin"]] = (reg, ao.get("pwm_v_high", 3.3) * pb["amp_gain"] / 65535.0)
+    r = pb["monitor_divider_ratio"]
+    _adcs[pb["monitor_pin"]] = lambda: reg.monitor_v() * r
+    _valve_map[pb["isolate_pin"]] = (reg, "valve")
+
+
 def setup(profile, plant, fs="", link=None, speed=0, reset_cause=0, keep_time=False):
     # Build the simulated board for this profile around this plant. With
     # keep_time the virtual clock goes on (a reboot: the plant does not stop).
@@ -313,6 +336,8 @@ def setup(profile, plant, fs="", link=None, speed=0, reset_cause=0, keep_time=Fa
     _pins.clear()
     _buses.clear()
     _valve_map.clear()
+    _analog_map.clear()
+    _adcs.clear()
     for bus in profile.get("i2c", ()):
         _buses[bus["id"]] = simbus.SimI2C(now_ms, bus.get("freq_hz", 100000))
     adcs = {}
@@ -340,6 +365,7 @@ def setup(profile, plant, fs="", link=None, speed=0, reset_cause=0, keep_time=Fa
             _pins[s["sck"]] = m.sck
         elif t == "mcu_adc":
             _adcs[s["pin"]] = _signal_volts(h, s)
+        _route_regulator(profile, c, h)
     for name, inputs in inputs_of.items():
         a = adcs[name]
 

@@ -531,11 +531,11 @@ class Session:
         for ref, target in zip(o.references, o.apply, strict=False):
             if s.load_cell:
                 continue  # --apply is a stack pressure, the reference a force
-            problem = self._implausible(s.to_wire(ref), s.to_wire(target))
+            problem = self._implausible(s.to_wire(ref), s.to_wire(target), "will be held at")
             if problem:
                 raise Aborted(f"--reference {ref:g} {s.unit} for --apply {target:g}: {problem}")
 
-    def _implausible(self, reference: float, reading: float) -> str | None:
+    def _implausible(self, reference: float, reading: float, reads: str = "reads") -> str | None:
         s = self.scale
         assert s is not None
         allowed = self.o.max_correction / 100 * abs(reference) + s.full_scale * (
@@ -545,7 +545,7 @@ class Session:
         if abs(off) <= allowed:
             return None
         return (
-            f"the channel reads {s.show(reading)}, {s.show(abs(off))} "
+            f"the channel {reads} {s.show(reading)}, {s.show(abs(off))} "
             f"({abs(s.pct_fs(off)):.1f} % FS) {'below' if off > 0 else 'above'} the reference; "
             f"a calibration corrects at most {self.o.max_correction:g} % plus "
             f"{ZERO_ALLOWANCE_PCT_FS:g} % FS. Check the reference's unit ({s.unit}), that it "
@@ -855,12 +855,15 @@ def run(args: argparse.Namespace) -> int:
         settle=args.settle,
         timeout=args.timeout,
     )
-    if opts.yes and not (opts.references or opts.apply or opts.zero_only):
+    if opts.yes and not (opts.references or opts.zero_only):
         print(
             "isopress calibrate: --yes asks nothing, so give the points: --reference V "
             "(and --apply P), or --zero-only",
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    if opts.zero_only and (opts.references or opts.apply):
+        print("isopress calibrate: --zero-only takes no --reference or --apply", file=sys.stderr)
         return EXIT_USAGE
     try:
         return asyncio.run(calibrate(opts))
@@ -939,9 +942,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--settle",
         type=commands.positive,
-        default=5.0,
+        default=10.0,
         metavar="S",
-        help="steady means two windows of S s of board time agree (5)",
+        help="steady: three windows of S s of the board's time agree (10)",
     )
     p.add_argument(
         "--timeout",

@@ -137,13 +137,16 @@ class Client:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as e:
-            raise _api_error(e) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ApiError(
-                0, "unreachable", f"cannot reach the bridge at {self.url}: {reason}"
-            ) from None
+        except OSError as e:  # urllib's HTTPError and URLError among them
+            raise self._failure(e) from None
+
+    def _failure(self, e: OSError) -> ApiError:
+        """The ApiError for a request that failed: the bridge's own answer to
+        one it refused, or "unreachable"."""
+        if isinstance(e, urllib.error.HTTPError):
+            return _api_error(e)
+        reason = getattr(e, "reason", e)
+        return ApiError(0, "unreachable", f"cannot reach the bridge at {self.url}: {reason}")
 
     @staticmethod
     def _ch(device: str, channel: int) -> str:
@@ -329,13 +332,8 @@ class Client:
         req = urllib.request.Request(url, headers=headers)
         try:
             resp = urllib.request.urlopen(req, timeout=timeout)
-        except urllib.error.HTTPError as e:
-            raise _api_error(e) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ApiError(
-                0, "unreachable", f"cannot reach the bridge at {self.url}: {reason}"
-            ) from None
+        except OSError as e:
+            raise self._failure(e) from None
         with resp:
             pending = _Sse()
             while True:

@@ -8,6 +8,7 @@
     isopress vent    DEVICE CHANNEL [--floor P] [--yes]
     isopress ack     DEVICE CHANNEL [ALARM ...]
     isopress config  DEVICE KEY [VALUE] [--channel C] [--raw]
+    isopress events  [DEVICE] [--channel C] [--kind K] [--since T] [--last N]
     isopress leak-test DEVICE CHANNEL [--pressure P] [--minutes M] [--max-rate PA_S]
 
 Every one takes `--url` (default $ISOPRESS_URL, else the bridge's own
@@ -672,8 +673,15 @@ def cmd_ack(args: argparse.Namespace) -> int:
             print(f"{args.device} channel {args.channel}: no alarm to acknowledge")
             return EXIT_OK
     c.ack_alarms(args.device, args.channel, names)
-    print(f"{args.device} channel {args.channel}: cleared {', '.join(names)}")
+    print(f"{args.device} channel {args.channel}: acknowledged {', '.join(names)}")
+    time.sleep(0.3)  # the board's next telemetry shows what is left
     view = c.channel(args.device, args.channel)
+    left = [a for a in view.get("alarms") or [] if a != "LATCHED"]
+    if left:
+        print(
+            f"  still active: {', '.join(left)} (an alarm that is not latched stays while its "
+            "cause does)"
+        )
     if view.get("mode") == "ISOLATED":
         print("  the channel stays isolated until it gets a setpoint (`isopress set`)")
     return EXIT_OK
@@ -697,6 +705,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     unit = "" if unit in ("-", "") else f" {unit}"
     verb = "=" if args.value is None else "set to"
     print(f"{where} {r.get('key', args.key)} {verb} {r.get('value')}{unit} (raw {r.get('raw')})")
+    return EXIT_OK
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    c = make_client(args)
+    # the API answers oldest first: a start bounds what it has to send
+    since = args.since if args.since is not None else time.time() - 86400
+    rows = c.events(since=since, device=args.device, channel=args.channel, limit=None)
+    kinds = {k.upper() for k in args.kind or []}
+    if kinds:
+        rows = [e for e in rows if e.get("kind") in kinds]
+    rows = rows[-args.last :]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no events match")
+        return EXIT_OK
+    for e in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["utc"])) if e.get("utc") else "-"
+        print(f"{when}Z  {e.get('device')}  {e.get('text') or e.get('kind')}")
     return EXIT_OK
 
 
@@ -772,6 +804,53 @@ def _wait_device_seconds(
         time.sleep(0.2)
 
 
+def collect_isolated(
+    c: Client,
+    device: str,
+    channel: int,
+    rest: float,
+    seconds: float,
+    timeout_s: float,
+    unit: str,
+) -> list[tuple[float, float]]:
+    """(board time s, MPa) of the isolated channel for `seconds` of the board's
+    clock after `rest` seconds, from the live stream. By the board's clock, not
+    by UTC: a sample's UTC is the bridge's mapping of it, which a simulated
+    board's fast clock bends."""
+    points: dict[int, tuple[float, float]] = {}
+    start: float | None = None
+    deadline = time.monotonic() + timeout_s
+    last_print = time.monotonic()
+    for m in c.stream(device=device, channel=channel, kinds="samples", timeout=30.0):
+        if m.kind == "overflow":
+            raise RuntimeError("this command fell behind the bridge's stream")
+        if m.kind != "sample":
+            continue
+        d = m.data
+        if d.get("mode") != "ISOLATED":
+            if points and d["seq"] > max(points):
+                raise RuntimeError(f"the channel left ISOLATED ({d.get('mode')}) during the test")
+            continue
+        if "LATCHED" in (d.get("alarms") or []):
+            raise RuntimeError(f"the channel latched {', '.join(d['alarms'])} during the test")
+        t = d["device_time"]
+        start = t if start is None else min(start, t)
+        if t - start >= rest:
+            points[d["seq"]] = (t, d["pressure_mpa"])
+        if t - start >= rest + seconds:
+            return sorted(points.values())
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test did not finish within {timeout_s:g} s of wall time")
+        if time.monotonic() - last_print >= 30:
+            last_print = time.monotonic()
+            print(
+                f"  leak-down: {t - start:.0f} of {rest + seconds:.0f} s, "
+                f"{show(d.get('pressure_mpa'), unit)}",
+                flush=True,
+            )
+    raise RuntimeError("the bridge closed its stream during the test")
+
+
 def cmd_leak_test(args: argparse.Namespace) -> int:
     c = make_client(args)
     d, ch, unit = args.device, args.channel, args.unit
@@ -783,8 +862,8 @@ def cmd_leak_test(args: argparse.Namespace) -> int:
     seconds = args.minutes * 60
     print(
         f"leak-down test, {d} channel {ch}: fill to {show(target, unit)}, settle "
-        f"{args.settle:g} s, isolate for {show_duration(seconds)}; pass if it falls slower "
-        f"than {args.max_rate:g} Pa/s"
+        f"{args.settle:g} s, isolate, rest {args.rest:g} s, measure for "
+        f"{show_duration(seconds)}; pass if it falls slower than {args.max_rate:g} Pa/s"
     )
     try:
         c.set_pressure(d, ch, target)
@@ -792,21 +871,13 @@ def cmd_leak_test(args: argparse.Namespace) -> int:
         wait_until_reached(c, d, ch, target, band, args.timeout, unit)
         _wait_device_seconds(c, d, ch, args.settle, args.timeout, "settling", unit)
         c.isolate(d, ch)
-        # Samples are selected by the board's clock: a sample's UTC is the
-        # bridge's mapping of it, which a simulated board's fast clock bends.
-        at = c.channel(d, ch)
-        print(f"isolated at {show(at.get('pressure_mpa'), unit)}", flush=True)
-        _wait_device_seconds(c, d, ch, seconds, seconds * 2 + args.timeout, "leak-down", unit)
-        rows = c.samples(d, ch, since=(at.get("utc") or time.time()) - 5)
+        print(f"isolated at {show(c.channel(d, ch).get('pressure_mpa'), unit)}", flush=True)
+        points = collect_isolated(
+            c, d, ch, args.rest, seconds, (args.rest + seconds) * 2 + args.timeout, unit
+        )
     except (TimeoutError, RuntimeError) as e:
         print(f"isopress leak-test: {e}", file=sys.stderr)
         return EXIT_FAILED
-    start = at.get("device_time") or 0.0
-    points = [
-        (s["device_time"], s["pressure_mpa"])
-        for s in rows
-        if s.get("mode") == "ISOLATED" and s["device_time"] >= start
-    ]
     try:
         r = leak_rate(points, min(60.0, seconds / 10))
     except ValueError as e:
@@ -869,7 +940,7 @@ def _device_channel(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    """Registers status, set, profile, isolate, vent, ack, config and leak-test."""
+    """Registers status, set, profile, isolate, vent, ack, config, events, leak-test."""
     parent = common()
 
     p = sub.add_parser(
@@ -999,19 +1070,50 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=_guard("config", cmd_config))
 
     p = sub.add_parser(
+        "events",
+        parents=[parent],
+        help="the boards' recorded events: alarms, trips, leak rates, profile steps",
+        description=(
+            "List recorded device events, oldest first, with their text (PROTOCOL.md "
+            "section 5 says what each kind's numbers mean)."
+        ),
+    )
+    p.add_argument("device", nargs="?", metavar="DEVICE", help="only this device")
+    p.add_argument("--channel", type=channel_number, metavar="C", help="only this channel")
+    p.add_argument(
+        "--kind", action="append", metavar="K", help="only this kind, e.g. LEAK_RATE (repeatable)"
+    )
+    p.add_argument(
+        "--since", type=_utc, metavar="T", help="UTC seconds or ISO 8601 (default: 24 h ago)"
+    )
+    p.add_argument("--last", type=_count, default=50, metavar="N", help="the last N (50)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=_guard("events", cmd_events))
+
+    p = sub.add_parser(
         "leak-test",
         parents=[parent],
         help="leak-down test: fill, settle, isolate, measure the fall",
         description=(
-            "Fill the channel to --pressure, let the gas settle, isolate it and measure how "
-            "fast the pressure falls, by the board's clock. Run it for a whole oven period "
-            "so the oven's swing cancels. Passes when the fall is at most --max-rate."
+            "Fill the channel to --pressure, let the gas settle while it regulates, isolate "
+            "it, let it rest, and measure how fast the pressure falls, by the board's clock. "
+            "Measure for a whole oven period so the oven's swing cancels. Passes when the "
+            "fall is at most --max-rate."
         ),
     )
     _device_channel(p)
     p.add_argument("--pressure", type=positive, default=5.0, metavar="P", help="(5 MPa)")
     p.add_argument("--minutes", type=positive, default=60.0, metavar="M", help="isolated (60)")
-    p.add_argument("--settle", type=non_negative, default=120.0, metavar="S", help="(120 s)")
+    p.add_argument(
+        "--settle", type=non_negative, default=120.0, metavar="S", help="regulating (120 s)"
+    )
+    p.add_argument(
+        "--rest",
+        type=non_negative,
+        default=60.0,
+        metavar="S",
+        help="isolated before measuring: the last fill's heat goes (60 s)",
+    )
     p.add_argument(
         "--max-rate", type=non_negative, default=2.0, metavar="PA_S", help="pass limit (2 Pa/s)"
     )
@@ -1021,6 +1123,22 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--leave-isolated", action="store_true", help="do not regulate afterwards")
     unit_option(p, "--pressure and what is shown")
     p.set_defaults(func=_guard("leak-test", cmd_leak_test))
+
+
+def _utc(text: str) -> float:
+    from isopress.export import parse_time
+
+    return parse_time(text)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
 
 
 def _profile_entry(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

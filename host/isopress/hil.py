@@ -204,6 +204,8 @@ class SimBoard:
         return self.proc.poll() is None
 
     def stderr(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(2)  # a board that is going away: let it finish its traceback
         self._err.flush()
         self._err.seek(0)
         return self._err.read().decode(errors="replace")

@@ -914,63 +914,63 @@ class Link:
         except (ArithmeticError, ValueError, RuntimeError):
             return None
 
-    def _on_telemetry(self, frame: codec.Frame) -> None:
-        f = frame.fields
+    def _sequenced(
+        self, frame: codec.Frame, tracker: SeqTracker, field: str
+    ) -> tuple[int, int, bool] | None:
+        """The frame's extended sequence number, its status and whether it was
+        replayed; None, with the connection lost, if the sequence went back."""
         replayed = bool(frame.flags & wire.FLAG_REPLAY)
-        seq, status = self._samples.receive(f["sample_seq"], replayed)
+        seq, status = tracker.receive(frame.fields[field], replayed)
         if status == BACKWARDS:
-            self._lose(f"sample_seq went back to {seq} after {self._samples.next - 1}: board reset")
-            return
+            self._lose(f"{field} went back to {seq} after {tracker.next - 1}: board reset")
+            return None
+        return seq, status, replayed
+
+    def _accepted(
+        self, frame: codec.Frame, seq: int, status: int, replayed: bool
+    ) -> tuple[str, int, int, int, float | None, bool, bool]:
+        """Counts a sequenced frame that is handed on; returns the fields
+        Sample and Event both start with (link to duplicate)."""
         st = self._stats
-        st.samples += 1
         st.replayed += replayed
         duplicate = status == DUPLICATE
         st.duplicates += duplicate
-        ms = self.clock.extend(f["time"])
-        if self._on_sample is not None:
-            self._on_sample(
-                Sample(
-                    self.name,
-                    self._boot_id,
-                    seq,
-                    ms,
-                    self._utc(ms),
-                    replayed,
-                    duplicate,
-                    f["items"],
-                )
-            )
+        ms = self.clock.extend(frame.fields["time"])
+        return (self.name, self._boot_id, seq, ms, self._utc(ms), replayed, duplicate)
+
+    def _replay_jump(self, status: int, stream: int) -> None:
+        """Asks for the frames a jump in the sequence skipped."""
         if status == JUMP:
-            st.gaps += 1
-            self._want_replay(TELEMETRY)
+            self._stats.gaps += 1
+            self._want_replay(stream)
+
+    def _on_telemetry(self, frame: codec.Frame) -> None:
+        got = self._sequenced(frame, self._samples, "sample_seq")
+        if got is None:
+            return
+        seq, status, replayed = got
+        self._stats.samples += 1
+        head = self._accepted(frame, seq, status, replayed)
+        if self._on_sample is not None:
+            self._on_sample(Sample(*head, frame.fields["items"]))
+        self._replay_jump(status, TELEMETRY)
 
     def _on_event_frame(self, frame: codec.Frame) -> None:
-        f = frame.fields
-        replayed = bool(frame.flags & wire.FLAG_REPLAY)
-        seq, status = self._events.receive(f["event_seq"], replayed)
-        if status == BACKWARDS:
-            self._lose(f"event_seq went back to {seq} after {self._events.next - 1}: board reset")
+        got = self._sequenced(frame, self._events, "event_seq")
+        if got is None:
             return
+        seq, status, replayed = got
+        f = frame.fields
         kind = f["kind"]
         if kind == _EVENT_BOOT and not replayed and (f["b"] & 0xFFFF) != self._boot_id:
             self._lose(f"BOOT event of boot {f['b'] & 0xFFFF}, connected to {self._boot_id}")
             return
-        st = self._stats
-        st.events += 1
-        st.replayed += replayed
-        duplicate = status == DUPLICATE
-        st.duplicates += duplicate
-        ms = self.clock.extend(f["time"])
+        self._stats.events += 1
+        head = self._accepted(frame, seq, status, replayed)
         if self._on_event is not None:
             self._on_event(
                 Event(
-                    self.name,
-                    self._boot_id,
-                    seq,
-                    ms,
-                    self._utc(ms),
-                    replayed,
-                    duplicate,
+                    *head,
                     f["channel"],
                     EVENT_KINDS.get(kind, str(kind)),
                     f["code"],
@@ -979,9 +979,7 @@ class Link:
                     f["c"],
                 )
             )
-        if status == JUMP:
-            st.gaps += 1
-            self._want_replay(EVENT)
+        self._replay_jump(status, EVENT)
 
     def _on_hello(self, frame: codec.Frame) -> None:
         hello = Hello.from_fields(frame.fields)

@@ -45,8 +45,8 @@ _IDLE_READERS = 4  # read connections kept open between reads
 RESUME_WINDOW = 20_000
 
 # Columns of a sample as add_samples takes them and samples() returns them
-# (plus the derived fill and vent bits on the way out).
-SAMPLE_FIELDS = (
+# (plus the derived fill and vent bits and the frame's flags on the way out).
+_SAMPLE_HEAD = (
     "device",
     "channel",
     "seq",
@@ -56,25 +56,9 @@ SAMPLE_FIELDS = (
     "raw",
     "setpoint_pa",
     "valves",
-    "mode",
-    "alarms",
 )
-SAMPLE_COLUMNS = (
-    "device",
-    "channel",
-    "seq",
-    "device_time_ms",
-    "utc",
-    "pressure_pa",
-    "raw",
-    "setpoint_pa",
-    "valves",
-    "fill",
-    "vent",
-    "mode",
-    "alarms",
-    "flags",
-)
+SAMPLE_FIELDS = (*_SAMPLE_HEAD, "mode", "alarms")
+SAMPLE_COLUMNS = (*_SAMPLE_HEAD, "fill", "vent", "mode", "alarms", "flags")
 EVENT_FIELDS = ("device", "event_seq", "device_time_ms", "utc", "kind", "channel", "code")
 
 STREAMS: dict[int, str] = dict(wire.STREAMS)
@@ -636,23 +620,7 @@ class Store:
             board_id = bytes(board_id).hex()
         with self._write(f"recording device {name!r}") as conn:
             conn.execute(
-                """INSERT INTO devices (name, board, board_id, fw_version, protocol,
-                       schema_hash, boot_id, config_crc, telemetry_hz,
-                       first_seen_utc, last_seen_utc)
-                   VALUES (:name, coalesce(:board, ''), coalesce(:board_id, ''),
-                       coalesce(:fw_version, ''), :protocol, :schema_hash, :boot_id,
-                       :config_crc, :telemetry_hz, :utc, :utc)
-                   ON CONFLICT (name) DO UPDATE SET
-                       board = coalesce(:board, board),
-                       board_id = coalesce(:board_id, board_id),
-                       fw_version = coalesce(:fw_version, fw_version),
-                       protocol = coalesce(:protocol, protocol),
-                       schema_hash = coalesce(:schema_hash, schema_hash),
-                       boot_id = coalesce(:boot_id, boot_id),
-                       config_crc = coalesce(:config_crc, config_crc),
-                       telemetry_hz = coalesce(:telemetry_hz, telemetry_hz),
-                       first_seen_utc = min(first_seen_utc, :utc),
-                       last_seen_utc = max(last_seen_utc, :utc)""",
+                _UPSERT_DEVICE,
                 {
                     "name": name,
                     "board": board,
@@ -699,13 +667,7 @@ class Store:
             _finite(utc, "utc"),
         )
         with self._write(f"recording channel {device}/{channel}") as conn:
-            conn.execute(
-                """INSERT INTO channels VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (device, channel) DO UPDATE SET kind = excluded.kind,
-                       sensor = excluded.sensor, full_scale_pa = excluded.full_scale_pa,
-                       updated_utc = excluded.updated_utc""",
-                row,
-            )
+            conn.execute(_UPSERT_CHANNEL, row)
 
     def channels(self, device: str | None = None) -> list[dict]:
         sql = (
@@ -915,20 +877,9 @@ class Store:
             return 0
         with self._write(f"storing {len(params)} samples") as conn:
             before = conn.total_changes
-            # ON CONFLICT names the key, so only a replayed sample is skipped: a
-            # row breaking any other rule aborts the batch instead of vanishing.
-            conn.executemany(
-                "INSERT INTO samples (device, channel, seq, device_time_ms, utc, pressure_pa, "
-                "raw, setpoint_pa, valves, mode, alarms, flags) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device, channel, seq) DO NOTHING",
-                params,
-            )
+            conn.executemany(_INSERT_SAMPLE, params)
             added = conn.total_changes - before
-            conn.executemany(
-                "UPDATE devices SET last_seen_utc = max(last_seen_utc, ?) WHERE id = ?",
-                [(u, d) for d, u in last_seen.items()],
-            )
+            conn.executemany(_SEEN_AT, [(u, d) for d, u in last_seen.items()])
         return added
 
     def _sample_query(
@@ -954,11 +905,7 @@ class Store:
             lo = r["started_utc"] if lo is None else max(lo, r["started_utc"])
             if r["stopped_utc"] is not None:
                 hi = r["stopped_utc"] if hi is None else min(hi, r["stopped_utc"])
-        sql = (
-            "SELECT ?3, channel, seq, device_time_ms, utc, pressure_pa, raw, setpoint_pa, "
-            "valves, fill, vent, mode, alarms, flags FROM samples "
-            "WHERE device = ?1 AND channel = ?2"
-        )
+        sql = _SELECT_SAMPLES
         params: list[Any] = [device_id, channel, device]
         if lo is not None:
             sql += f" AND utc >= ?{len(params) + 1}"
@@ -1099,11 +1046,7 @@ class Store:
             return 0
         with self._write(f"storing {len(params)} events") as conn:
             before = conn.total_changes
-            conn.executemany(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device, event_seq) DO NOTHING",
-                params,
-            )
+            conn.executemany(_INSERT_EVENT, params)
             return conn.total_changes - before
 
     def add_event(self, **fields: Any) -> bool:
@@ -1273,11 +1216,7 @@ class Store:
             reason,
         )
         with self._write(f"recording a gap in {device}'s {row[1]} stream") as conn:
-            return conn.execute(
-                "INSERT INTO gaps (device, stream, first_seq, last_seq, detected_utc, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                row,
-            ).fetchone()[0]
+            return conn.execute(_INSERT_GAP, row).fetchone()[0]
 
     def gaps(self, device: str | None = None) -> list[dict]:
         sql = (
@@ -1302,11 +1241,7 @@ class Store:
         """Record what the cycler told us (e.g. kind "CYCLE", cycle 12)."""
         row = (self._device_id(device), channel, _finite(utc, "utc"), kind, cycle)
         with self._write("recording a cycler event") as conn:
-            return conn.execute(
-                "INSERT INTO cycler_events (device, channel, utc, kind, cycle) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                row,
-            ).fetchone()[0]
+            return conn.execute(_INSERT_CYCLER_EVENT, row).fetchone()[0]
 
     def cycler_events(
         self,
@@ -1429,9 +1364,7 @@ class Store:
     def last_sample(self, device: str, channel: int) -> dict | None:
         """The channel's sample with the highest seq (the newest), or None."""
         rows = self._read(
-            "SELECT ?3, channel, seq, device_time_ms, utc, pressure_pa, raw, setpoint_pa, "
-            "valves, fill, vent, mode, alarms, flags FROM samples "
-            "WHERE device = ?1 AND channel = ?2 ORDER BY seq DESC LIMIT 1",
+            _SELECT_SAMPLES + " ORDER BY seq DESC LIMIT 1",
             (self._device_id(device), channel, device),
         )
         return dict(zip(SAMPLE_COLUMNS, rows[0], strict=True)) if rows else None
@@ -1472,10 +1405,7 @@ class Store:
                 for r in batch.samples:
                     if r[4] > last.get(r[0], -math.inf):
                         last[r[0]] = r[4]
-                conn.executemany(
-                    "UPDATE devices SET last_seen_utc = max(last_seen_utc, ?) WHERE id = ?",
-                    [(u, d) for d, u in last.items()],
-                )
+                conn.executemany(_SEEN_AT, [(u, d) for d, u in last.items()])
             if batch.events:
                 before = conn.total_changes
                 conn.executemany(_INSERT_EVENT, [event_with_text(r) for r in batch.events])
@@ -1488,9 +1418,7 @@ class Store:
                 )
                 for a, b in ranges:
                     gap_id = conn.execute(
-                        "INSERT INTO gaps (device, stream, first_seq, last_seq, detected_utc, "
-                        "reason) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                        (device_id, stream, a, b, utc, reason),
+                        _INSERT_GAP, (device_id, stream, a, b, utc, reason)
                     ).fetchone()[0]
                     out.gaps.append(
                         {
@@ -1519,13 +1447,7 @@ class Store:
                     (seq, result, utc, value, row_id),
                 )
             for row in batch.cycler_events:
-                out.cycler_event_ids.append(
-                    conn.execute(
-                        "INSERT INTO cycler_events (device, channel, utc, kind, cycle) "
-                        "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                        row,
-                    ).fetchone()[0]
-                )
+                out.cycler_event_ids.append(conn.execute(_INSERT_CYCLER_EVENT, row).fetchone()[0])
         # only once committed: a batch that failed is retried with its own keys
         ids.update(new_ids)
         out.command_ids = new_ids
@@ -1578,6 +1500,22 @@ _INSERT_SAMPLE = (
 _INSERT_EVENT = (
     "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (device, event_seq) DO NOTHING"
+)
+_SEEN_AT = "UPDATE devices SET last_seen_utc = max(last_seen_utc, ?) WHERE id = ?"
+_INSERT_GAP = (
+    "INSERT INTO gaps (device, stream, first_seq, last_seq, detected_utc, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+_INSERT_CYCLER_EVENT = (
+    "INSERT INTO cycler_events (device, channel, utc, kind, cycle) "
+    "VALUES (?, ?, ?, ?, ?) RETURNING id"
+)
+# One channel's samples in SAMPLE_COLUMNS order: ?1 the device's id, ?2 the
+# channel, ?3 the device's name (returned as the first column).
+_SELECT_SAMPLES = (
+    "SELECT ?3, channel, seq, device_time_ms, utc, pressure_pa, raw, setpoint_pa, "
+    "valves, fill, vent, mode, alarms, flags FROM samples "
+    "WHERE device = ?1 AND channel = ?2"
 )
 
 

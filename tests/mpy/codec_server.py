@@ -1,11 +1,10 @@
 # Runs under MicroPython: answers codec requests from pytest, one JSON line in,
 # one JSON line out, so the firmware codec is tested in the real interpreter
 # without paying an interpreter start per hypothesis example.
-import json
-import sys
 from binascii import hexlify, unhexlify
 
 import frame
+import jsonline
 import wire
 
 ERRORS = dict(wire.FRAME_ERRORS)
@@ -96,32 +95,18 @@ def receive_alloc(data, rounds):
     return {"bytes": used, "frames": got}
 
 
-def main():
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return
-        req = json.loads(line)
-        op = req["op"]
-        try:
-            if op == "decode":
-                r = stream(unhexlify(req["hex"]))
-            elif op == "encode":
-                r = encode(req)
-            elif op == "receive_alloc":
-                r = receive_alloc(unhexlify(req["hex"]), req["rounds"])
-            elif op == "crc":
-                from crc16 import crc16
+def crc(req):
+    from crc16 import crc16
 
-                data = unhexlify(req["hex"])
-                r = {"crc": crc16(data, 0, len(data))}
-            else:
-                r = {"exception": "unknown op " + op}
-        except Exception as e:  # reported to pytest, which fails the test
-            r = {"exception": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(r))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+    data = unhexlify(req["hex"])
+    return {"crc": crc16(data, 0, len(data))}
 
 
-main()
+jsonline.serve(
+    {
+        "decode": lambda req: stream(unhexlify(req["hex"])),
+        "encode": encode,
+        "receive_alloc": lambda req: receive_alloc(unhexlify(req["hex"]), req["rounds"]),
+        "crc": crc,
+    }
+)

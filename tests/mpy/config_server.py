@@ -3,11 +3,11 @@
 # tested in the real interpreter without an interpreter start per example.
 import gc
 import json
-import sys
 from array import array
 
 import calibration
 import config
+import jsonline
 
 state = {"cfg": None, "cal": None}
 
@@ -151,18 +151,4 @@ def handle(req):
     return r
 
 
-def main():
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return
-        try:
-            r = handle(json.loads(line))
-        except Exception as e:  # reported to pytest, which fails the test
-            r = {"exception": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(r))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-
-
-main()
+jsonline.serve(handle)

@@ -2,11 +2,10 @@
 # simulated buses, driven by pytest one JSON request per line (see
 # tests/test_drivers.py and tests/test_sensor.py for what each op checks).
 import gc
-import json
-import sys
 
 import ads1x15
 import hx711
+import jsonline
 import mcu_adc
 import sensor
 from drivers_rig import Clock, Rig
@@ -517,21 +516,4 @@ OPS = {
 }
 
 
-def main():
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return
-        req = json.loads(line)
-        try:
-            op = OPS.get(req["op"])
-            r = op(req) if op else {"exception": "unknown op " + req["op"]}
-        except Exception as e:  # reported to pytest, which fails the test
-            sys.print_exception(e, sys.stderr)
-            r = {"exception": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(r))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-
-
-main()
+jsonline.serve(OPS)

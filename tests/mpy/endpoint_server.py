@@ -3,13 +3,12 @@
 # reply carries every byte the endpoint wrote since the last request, as hex,
 # for the host codec to decode.
 import gc
-import json
-import sys
 from binascii import hexlify, unhexlify
 
 import clock
 import endpoint
 import frame
+import jsonline
 
 PERIOD = 1 << 30  # the boards' ticks period
 HALF = 1 << 29
@@ -300,21 +299,4 @@ OPS = {
 }
 
 
-def main():
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return
-        req = json.loads(line)
-        try:
-            r = OPS[req["op"]](req)
-        except Exception as e:
-            # Expected by the request, or reported to pytest, which fails.
-            key = "error" if req.get("expect_error") else "exception"
-            r = {key: "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(r))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-
-
-main()
+jsonline.serve(OPS)

@@ -1,10 +1,9 @@
 # Runs under MicroPython: drives firmware/cycler_io.py against a fake HAL for
 # tests/test_cycler_io.py, one JSON request per line in, one JSON reply out.
 import gc
-import json
-import sys
 
 import cycler_io
+import jsonline
 
 PERIOD = 1 << 30  # the boards' ticks_ms period
 HALF = PERIOD >> 1
@@ -192,22 +191,12 @@ def handle(req):
     return {"exception": "unknown op " + op}
 
 
-def main():
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return
-        req = json.loads(line)
-        try:
-            r = handle(req)
-            if "exception" not in r and W.hal is not None:
-                r["pins"] = pins()
-        except Exception as e:  # reported to pytest, which fails the test
-            sys.print_exception(e, sys.stderr)
-            r = {"exception": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(r))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+def handle_and_report(req):
+    # Every reply carries the pins' levels once there is a board.
+    r = handle(req)
+    if "exception" not in r and W.hal is not None:
+        r["pins"] = pins()
+    return r
 
 
-main()
+jsonline.serve(handle_and_report)

@@ -4,13 +4,12 @@
 # since the last reply: the channel commands and the events, each stamped
 # with the virtual ms elapsed since "new".
 import gc
-import json
 import profile
-import sys
 
+import jsonline
 import wire
 
-_R = dict((name, code) for code, name in wire.RESULTS)
+_R = wire.codes(wire.RESULTS)
 PERIOD = 1 << 30  # the boards' ticks_ms period
 HALF = PERIOD >> 1
 
@@ -231,26 +230,17 @@ def handle(req):
     return {"exception": "unknown op " + op}
 
 
-def main():
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return
-        req = json.loads(line)
-        try:
-            r = handle(req)
-            if "exception" not in r:
-                r["state"] = state()
-                r["commands"] = COMMANDS[:]
-                r["events"] = EVENTS[:]
-                del COMMANDS[:]
-                del EVENTS[:]
-        except Exception as e:  # reported to pytest, which fails the test
-            sys.print_exception(e, sys.stderr)
-            r = {"exception": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(r))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+def handle_and_report(req):
+    # Every reply carries the profile's state and what it asked of the
+    # channel and emitted since the last request.
+    r = handle(req)
+    if "exception" not in r:
+        r["state"] = state()
+        r["commands"] = COMMANDS[:]
+        r["events"] = EVENTS[:]
+        del COMMANDS[:]
+        del EVENTS[:]
+    return r
 
 
-main()
+jsonline.serve(handle_and_report)

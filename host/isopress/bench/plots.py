@@ -135,7 +135,7 @@ def comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ctls = list(dict.fromkeys(r["controller"] for r in rows))
     panels = (
         ("rms_error_mpa", "hold error, RMS / kPa", 1000.0, True),
-        ("actuations_per_hour", "valve openings per hour", 1.0, True),
+        ("hold_actuations_per_hour", "valve openings per hour of hold", 1.0, True),
         ("time_below_pct", "time below setpoint / %", 1.0, False),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(scen) + 2.2))

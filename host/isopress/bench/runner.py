@@ -282,7 +282,7 @@ def _plots(runs: Sequence[Run], out: Path, compare: bool) -> list[Path]:
             for r in ok:
                 for ch in sc.record:
                     row = {"scenario": name, "channel": ch, "controller": r.controller}
-                    for k in ("rms_error_mpa", "actuations_per_hour", "time_below_pct"):
+                    for k in ("rms_error_mpa", "hold_actuations_per_hour", "time_below_pct"):
                         row[k] = r.metrics.get(f"ch{ch}.{k}")
                     rows.append(row)
     if rows:

@@ -118,6 +118,8 @@ class Regulator:
         self.holding = False
         self.out_fill = 0
         self.out_vent = 0
+        self.acc_fill = 0  # ms of flow since the last fresh sample
+        self.acc_vent = 0
         self.flow_sum = 0  # settled effect of all flow since the supervisor last read it, u
         self.vent_sum = 0  # the same for venting alone (negative), u
         self.ep_kind = 0  # a holding pulse being watched: 1 fill, 2 vent
@@ -170,28 +172,41 @@ class Regulator:
         pred = self.p_fast + self.v_fast // self.per_s + dp - relax
         self.e += (de - relax) * 16
         if not fresh:
-            # Prediction only; the flow still counts towards the windows.
+            # Prediction only; the flow is remembered for the next sample's
+            # residual.
             self.p_fast = pred
             self.p_slow += (dp - relax) * 16
+            self.acc_fill += fill_ms
+            self.acc_vent += vent_ms
             self._count(fill_ms, vent_ms)
             return
         r = _clamp(p - pred, -(1 << 20), 1 << 20)
         self.p_fast = pred + r // 4
-        # The residual of a tick of flow, per ms of flow, corrects that
-        # valve's rate: quickly while it is new, then gently. Short pulses do
-        # not teach: their residual is mostly sensor noise.
+        # The residual of a fresh sample, per ms of flow since the previous
+        # one, corrects that valve's rate: quickly while it is new, then
+        # gently, and less for short openings. Holding pulses (a few ms) do
+        # not teach this way: their residual is mostly sensor noise
+        # (_learn_pulse judges them over seconds instead).
+        af = self.acc_fill + fill_ms
+        av = self.acc_vent + vent_ms
+        self.acc_fill = 0
+        self.acc_vent = 0
         half = self.tick_ms >> 1
-        if fill_ms >= half and not vent_ms:
+        if af >= 10 and not av:
             k = 1 if self.learned_fill < 4 else 4
-            d = (r * 16 // fill_ms) >> k
+            if af < half:
+                k += 1
+            d = (r * 16 // af) >> k
             self.fill_rate = _clamp(self.fill_rate + d, 16, _MAX_RATE)
             self.learned_fill += 1
-        elif vent_ms >= half and not fill_ms:
+        elif av >= 10 and not af:
             pa = (self.p_fast + self.p0) // 1000
             if pa > 0:
                 k = 1 if self.learned_vent < 4 else 4
+                if av < half:
+                    k += 1
                 # u/ms x16; positive = vents slower than modelled
-                dr = _clamp((r * 16 // vent_ms) >> k, -(1 << 17), 1 << 17)
+                dr = _clamp((r * 16 // av) >> k, -(1 << 17), 1 << 17)
                 self.vent_k = _clamp(self.vent_k + ((-dr) << 12) // pa, 16, 32767)
                 self.learned_vent += 1
         elif not fill_ms and not vent_ms:

@@ -137,7 +137,7 @@ def one_channel(profile):
 
 def control(kind, board, fs, hours):
     profile = one_channel(json.load(open(board)))
-    sim = Sim(profile, None, fs)
+    sim = Sim(profile, None, fs, port_sim.NullLink())
     dev = sim.dev
     import device
 

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test lint demo bench vectors clean
+.PHONY: setup test lint demo bench bench-library vectors clean
 
 setup: $(STAMP)
 
@@ -21,13 +21,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check host tests
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/isopress demo
 
 bench: $(STAMP)
 	$(BIN)/isopress bench protocol
+	$(BIN)/isopress bench firmware --json bench-firmware.json
+
+# The whole scenario library beside the bang-bang and manual baselines (< 10 min).
+bench-library: $(STAMP)
+	$(BIN)/isopress bench run tests/scenarios --compare --json bench-library.json --plots bench-plots
 
 # After a deliberate wire-format change only; review the diff of protocol/vectors.
 vectors: $(STAMP)

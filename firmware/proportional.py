@@ -14,11 +14,11 @@
 #   is the one that meets the setpoint. It starts at the regulator's stated
 #   accuracy above zero, so a regulator that has not been trimmed yet errs
 #   high, never low.
-# - A lowered target first adds that accuracy to the trim again (a trim
-#   learned at the old pressure is off by the regulator's linearity error at
-#   the new one), and the integral then takes it off slowly: a step down is
-#   approached from above (DOMAIN.md: a drop below the setpoint damages the
-#   cell for good).
+# - A target lowered by more than that accuracy first adds it to the trim
+#   again (a trim learned at the old pressure is off by the regulator's
+#   linearity error at the new one), and the integral then takes it off
+#   slowly: a step down is approached from above (DOMAIN.md: a drop below the
+#   setpoint damages the cell for good).
 # - The monitor, the regulator's own reading of its outlet, is compared with
 #   what it should read by now: the command through a first-order lag of the
 #   regulator's response time. Beyond the tolerance for longer than the
@@ -37,10 +37,9 @@
 #   where fitted, vents as in valve mode.
 #
 # Integers only in the tick, no allocation; pressures in Pa.
-from micropython import const
-
 import wire
 from mcu_adc import MCUADC
+from micropython import const
 from supervisor import HOLD, IDLE, ISOLATED, LATCHED, RAMP, TRIPPED, VENT
 
 REGULATOR = const(1 << 10)
@@ -210,8 +209,9 @@ class Proportional:
             self._valve(False)
 
     def healthy(self):
-        # The monitor has followed the command for a whole persistence.
-        return self.enabled and self.agree_ms >= self.persist
+        # The monitor has followed the command for a whole persistence; in
+        # valve mode the regulator is out of use, so its fault is moot.
+        return not self.enabled or self.agree_ms >= self.persist
 
     # ---- the tick (no allocation) ------------------------------------------
 

@@ -758,6 +758,30 @@ def _second_adc_same_address(p):
     p["adcs"].append(dict(p["adcs"][0], name="adc1"))
 
 
+REG = ["channels", 0, "proportional"]
+
+
+def _reg(key, value):
+    return _set([*REG, key], value)
+
+
+def _regulator_on_esp32(monitor_pin):
+    # The DevKitC has no free pins for one: borrow two cycler outputs' pins.
+    def mutate(p):
+        block = copy.deepcopy(load("pico")["channels"][0]["proportional"])
+        for key, ch in (("command_pin", 3), ("isolate_pin", 1)):
+            block[key] = p["channels"][ch].pop("analog_out_pin")
+            del p["channels"][ch]["analog_out_scale"]
+        block["monitor_pin"] = monitor_pin
+        p["channels"][0]["proportional"] = block
+
+    return mutate
+
+
+def _move_regulator_to_channel_3(p):
+    p["channels"][2]["proportional"] = p["channels"][0].pop("proportional")
+
+
 # (profile, mutation, rule the checker must report)
 BROKEN = [
     ("pico", _set(["channels", 0, "fill_pin"], 30), "pin-exists"),
@@ -830,6 +854,23 @@ BROKEN = [
     ("sim", _set(["usb"], {"vid": 1, "pid": 2}), "port"),
     ("pico", _set(["status_led_pin"], None), "schema"),
     ("pico", _set(["board"], "pico_w"), "schema"),
+    ("pico", _reg("monitor_pin", 19), "pin-adc"),
+    ("esp32_devkitc", _regulator_on_esp32(26), "pin-adc"),  # ADC2
+    ("pico", _reg("command_pin", 16), "pin-duplicate"),  # ch1's cycler output
+    ("pico", _reg("isolate_pin", 23), "pin-reserved"),
+    ("pico", _set(["channels", 1, "analog_out_pin"], 1), "pwm-slice"),  # GP1 = GP17's 0B
+    ("pico", _set(REG, "GP17"), "proportional"),
+    ("pico", _move_regulator_to_channel_3, "proportional"),
+    ("pico", _reg("range_mpa", None), "proportional"),
+    ("pico", _reg("amp_gain", 2.0), "proportional"),  # 6.6 V cannot make 10 V
+    ("pico", _reg("monitor_divider_ratio", 0.33), "proportional"),  # 3.47 V at the pin
+    ("pico", _reg("monitor_divider_ratio", 0.1), "proportional"),  # 1 V of 3.3 V
+    ("pico", _reg("adc_vref_v", 5.0), "proportional"),
+    ("pico", _reg("range_mpa", 7.0), "proportional"),  # below the 8 MPa trip
+    ("pico", _reg("range_mpa", 12.0), "proportional"),  # above the 10 MPa rating
+    ("pico", _reg("accuracy_pct_fs", 2.5), "proportional"),
+    ("pico", _reg("monitor_tolerance_pct_fs", 0.5), "proportional"),
+    ("pico", _reg("monitor_persist_ms", 500), "proportional"),  # 2 x 300 ms
 ]
 
 
@@ -841,6 +882,13 @@ def test_checker_names_each_broken_rule(name, mutate, rule):
     mutate(profile)
     problems = check(profile)
     assert any(p.startswith(f"[{rule}]") for p in problems), problems
+
+
+def test_regulator_monitor_may_use_an_erratum_pin():
+    # IO36/IO39's dips hit digital reads; an ADC reading is not disturbed.
+    profile = copy.deepcopy(load("esp32_devkitc"))
+    _regulator_on_esp32(36)(profile)
+    assert check(profile) == []
 
 
 def test_every_rule_has_a_negative_test():

@@ -273,7 +273,7 @@ def plant_params() -> dict[str, Any]:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("cli")
     sim = SimProcess(d / "link", plant=plant_params(), speed=SPEED).start()
-    bridge = BridgeThread(d / "rec.sqlite", {"sim": str(d / "link")}, TOKEN)
+    bridge = BridgeThread(d / "rec.sqlite", {"sim": str(d / "link")}, TOKEN, SPEED)
     try:
         bridge.start()
         c = bridge.client()

@@ -52,7 +52,7 @@ class Board:
 
 @pytest.fixture(scope="module")
 def sim_mp() -> Iterator[MicroPython]:
-    mp = MicroPython(ROOT / "tests" / "mpy" / "sim_server.py", heap="4M")
+    mp = MicroPython(ROOT / "tests" / "mpy" / "sim_server.py", heap="8M")
     yield mp
     mp.close()
 

@@ -12,6 +12,7 @@ over-pressure still trips, a reset never vents the cell, nothing allocates.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from conftest import ROOT, MicroPython
 
 BOARD = ROOT / "hardware" / "boards" / "sim.json"
 SERVER = ROOT / "tests" / "mpy" / "proportional_server.py"
+TRACE = ROOT / "tests" / "mpy" / "proportional_trace.py"
 MPA = 1_000_000
 FS = 10 * MPA  # the reference regulator's range and the transducer's
 FILL, VENT = 1, 2
@@ -323,3 +325,25 @@ def test_a_bad_block_is_refused_with_its_reason(
         config={},
     )
     assert "error" in r and message in r["error"], r
+
+
+def test_regulator_plant_gives_the_same_trace_in_micropython_and_cpython(mp: MicroPython) -> None:
+    from isopress.sim import plant
+
+    spec = importlib.util.spec_from_file_location("proportional_trace", TRACE)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    here = json.loads(json.dumps(mod.run(plant, 20.0)))
+    there = mp(op="plant_trace", s=20.0)
+    assert here["header"] == there["header"]
+    assert len(here["monitor"]) == len(there["monitor"]) == 1000
+    for a, b in zip(here["monitor"], there["monitor"], strict=True):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    for ra, rb in zip(here["rows"], there["rows"], strict=True):
+        for a, b in zip(ra, rb, strict=True):
+            assert a == b or a == pytest.approx(b, rel=1e-9, abs=1e-12), (ra[0], a, b)
+    # it went places: filled, relieved, faults, back
+    final = dict(zip(here["header"], here["rows"][-1], strict=True))
+    assert final["ch1_faults"] == "" and final["ch1_reg_valve"] == 0
+    assert min(r[1] for r in here["rows"]) > 1.9e6 and max(r[1] for r in here["rows"]) > 4.9e6

@@ -1,6 +1,6 @@
 # One bench scenario in virtual time, under the MicroPython unix port:
 #
-#     micropython -X heapsize=32M scenario_run.py PLAN.json
+#     micropython -X heapsize=8M scenario_run.py PLAN.json
 #
 # The plan (written by host/isopress/bench/scenario.py from a scenario file,
 # tests/scenarios/README.md) names the plant, the board profile and config,

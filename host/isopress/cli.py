@@ -115,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     br.add_argument("--devices", type=_positive, default=32, help="simulated boards (32)")
     br.add_argument("--seconds", type=_positive, default=20, help="measured seconds (20)")
     br.set_defaults(func=cmd_bench_bridge)
+    from isopress.bench import runner
+
+    runner.add_parser(suites)
     return p
 
 

@@ -60,12 +60,19 @@ MIN_SECONDS = 8.0  # below this the activation has no time to settle at 20x
 
 
 class BridgeThread:
-    """A bridge and its API on a thread of this process, on a free local port."""
+    """A bridge and its API on a thread of this process, on a free local port.
 
-    def __init__(self, db: Path, devices: dict[str, str], token: str) -> None:
+    `speed`: how much faster than ours the boards' clocks run (a simulated
+    board). The links' heartbeat is sped up to match, so a board that counts
+    its host silence in its own seconds does not think the host has gone."""
+
+    def __init__(self, db: Path, devices: dict[str, str], token: str, speed: float = 1.0) -> None:
         self.db = db
         self.devices = devices
         self.token = token
+        self.link_options: dict[str, Any] = {"backoff_s": (0.05, 1.0)}
+        if speed > 1:
+            self.link_options["heartbeat_s"] = 1.0 / speed
         self.port = 0
         self.error: BaseException | None = None
         self._store: Store | None = None
@@ -101,7 +108,7 @@ class BridgeThread:
                 self.token,
                 ready=ready,
                 stop=self._stop,
-                link_options={"backoff_s": (0.05, 1.0)},
+                link_options=self.link_options,
             )
 
         try:
@@ -199,7 +206,10 @@ def _within_share(rows: list[dict[str, Any]], setpoint_pa: int, band_pa: float) 
     return 100.0 * inside / total if total else None
 
 
-def summarise(db: Path, truth: Path | None, advanced: bool) -> tuple[Summary, list, list]:
+def summarise(
+    db: Path, truth: Path | None, advanced: bool
+) -> tuple[Summary, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The summary of a demo's record; also its channel-1 samples and the events."""
     s = Summary(advanced=advanced)
     with Store(db, readonly=True) as st:
         rows = st.samples(DEVICE, CHANNEL)
@@ -355,26 +365,46 @@ def plot(rows: list[dict[str, Any]], events: list[dict[str, Any]], png: Path) ->
 
     t0 = rows[0]["device_time_ms"]
     t = [(r["device_time_ms"] - t0) / 60000 for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    fig, (ax, dev) = plt.subplots(
+        2, 1, figsize=(10, 7), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
     ax.plot(t, [r["pressure_pa"] / 1e6 for r in rows], lw=1.0, label="pressure (channel 1)")
     ax.plot(t, [r["setpoint_pa"] / 1e6 for r in rows], lw=1.0, ls="--", color="k", label="setpoint")
-    ch = [e for e in events if e["channel"] == CHANNEL]
+    # below: how far from the setpoint, where 0.5 % of it is a visible band
+    held = [r for r in rows if r["setpoint_pa"] > 0]
+    th = [(r["device_time_ms"] - t0) / 60000 for r in held]
+    dev.plot(th, [(r["pressure_pa"] - r["setpoint_pa"]) / 1e3 for r in held], lw=0.6)
+    dev.fill_between(
+        th,
+        [-r["setpoint_pa"] * BAND_PCT / 100 / 1e3 for r in held],
+        [r["setpoint_pa"] * BAND_PCT / 100 / 1e3 for r in held],
+        color="green",
+        alpha=0.12,
+        label=f"±{BAND_PCT:g} % of the setpoint",
+    )
+    dev.set_ylim(-60, 60)
+    dev.axhline(0, color="k", lw=0.6)
     marked = False
-    for e in ch:
+    for e in events:
+        if e["channel"] != CHANNEL:
+            continue
+        x = (e["device_time_ms"] - t0) / 60000
         if e["kind"] in ("ALARM_RAISED", "TRIP"):
-            x = (e["device_time_ms"] - t0) / 60000
-            ax.axvline(x, color="red", lw=0.8, alpha=0.6)
-            label = "alarm" if not marked else None
-            ax.plot([x], [e["a"] / 1e6], "rx", label=label)
+            for a in (ax, dev):
+                a.axvline(x, color="red", lw=0.8, alpha=0.5)
+            ax.plot([x], [e["a"] / 1e6], "rx", label=None if marked else "alarm raised")
             marked = True
         elif e["kind"] == "PROFILE_STEP" and e["code"] == 2:
-            x = (e["device_time_ms"] - t0) / 60000
-            ax.axvline(x, color="green", lw=0.8, ls=":", label="cycler event: step to 2 MPa")
-    ax.set_xlabel("simulated time / min")
+            for a in (ax, dev):
+                a.axvline(x, color="green", lw=0.8, ls=":")
+            ax.plot([], [], color="green", ls=":", label="cycler event: step to 2 MPa")
+    dev.set_xlabel("simulated time / min")
     ax.set_ylabel("pressure / MPa")
+    dev.set_ylabel("pressure - setpoint / kPa")
     ax.set_title("isopress demo: activation at 5 MPa, then 2 MPa from the cycler's event")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right")
+    for a in (ax, dev):
+        a.grid(True, alpha=0.3)
+        a.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
@@ -453,7 +483,7 @@ def run_demo(seconds: float, speed: float, out: Path, tty: bool) -> int:
     try:
         with (
             SimProcess(link, truth=truth, speed=speed, truth_every_ms=1000) as sim,
-            BridgeThread(db, {DEVICE: str(link)}, secrets.token_urlsafe(16)) as bridge,
+            BridgeThread(db, {DEVICE: str(link)}, secrets.token_urlsafe(16), speed) as bridge,
         ):
             c = bridge.client()
             wait_for(
@@ -500,7 +530,7 @@ def _schedule(c: Client, view: LiveView, seconds: float) -> bool:
             try:
                 advanced = bool(c.cycler_event(DEVICE, CHANNEL, cycle=1).get("advanced"))
             except ApiError as e:
-                view.m._note(DEVICE, time.time(), f"cycler event refused: {e.message}")
+                view.m.note(DEVICE, time.time(), f"cycler event refused: {e.message}")
         note = f"{elapsed:4.0f} / {seconds:g} s  " + (
             "cycler event posted: 2 MPa"
             if posted

@@ -173,7 +173,7 @@ class SimBoard:
         path.write_text(json.dumps(settings))
         self._err = open(Path(self._tmp.name) / "stderr.txt", "w+b")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [paths.tool("micropython"), "-X", "heapsize=32M", str(HIL_BOARD), str(path)],
+            [paths.tool("micropython"), "-X", "heapsize=8M", str(HIL_BOARD), str(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,

@@ -101,7 +101,7 @@ class Monitor:
         self.changed = False
         self._lock = threading.Lock()
 
-    def _wanted(self, device: str, channel: int | None = None) -> bool:
+    def wants(self, device: str, channel: int | None = None) -> bool:
         if self.devices and device not in self.devices:
             return False
         return channel is None or not self.channels_wanted or channel in self.channels_wanted
@@ -118,25 +118,26 @@ class Monitor:
     def seed(self, device: dict[str, Any]) -> None:
         """A device as GET /devices/D gives it, so the view starts full."""
         name = device["name"]
-        if not self._wanted(name):
+        if not self.wants(name):
             return
         with self._lock:
             self.links[name] = device.get("state", "?")
             for ch in device.get("channel_states", []):
-                if not self._wanted(name, ch["channel"]):
+                if not self.wants(name, ch["channel"]):
                     continue
                 v = self._view(name, ch["channel"])
                 v.kind = ch.get("kind") or "-"
                 v.full_scale = ch.get("full_scale_mpa")
-                if ch.get("pressure_mpa") is not None:
-                    v.pressure = ch["pressure_mpa"]
+                pressure = ch.get("pressure_mpa")
+                if pressure is not None:
+                    v.pressure = pressure
                     v.setpoint = ch.get("setpoint_mpa")
                     v.mode = ch.get("mode")
                     valves = ch.get("valves") or {}
                     v.fill, v.vent = bool(valves.get("fill")), bool(valves.get("vent"))
                     v.alarms = list(ch.get("alarms") or [])
                     v.seq = ch.get("seq") if ch.get("seq") is not None else -1
-                    v.history.append(v.pressure)
+                    v.history.append(pressure)
             self.changed = True
 
     def feed(self, m: StreamMessage) -> None:
@@ -145,33 +146,33 @@ class Monitor:
                 self._sample(m.data)
             elif m.kind == "event":
                 d = m.data
-                if self._wanted(d.get("device", ""), d.get("channel") or None):
-                    self._note(d.get("device", "?"), d.get("utc"), d.get("text") or d.get("kind"))
+                if self.wants(d.get("device", ""), d.get("channel") or None):
+                    self.note(d.get("device", "?"), d.get("utc"), d.get("text") or d.get("kind"))
             elif m.kind == "link":
                 d = m.data
-                if self._wanted(d.get("device", "")):
+                if self.wants(d.get("device", "")):
                     self.links[d["device"]] = d.get("state", "?")
                     detail = f" ({d['detail']})" if d.get("detail") else ""
-                    self._note(d["device"], d.get("utc"), f"link {d.get('state')}{detail}")
+                    self.note(d["device"], d.get("utc"), f"link {d.get('state')}{detail}")
             elif m.kind == "gap":
                 d = m.data
-                if self._wanted(d.get("device", "")):
-                    self._note(d.get("device", "?"), d.get("utc"), f"GAP {_gap_text(d)}")
+                if self.wants(d.get("device", "")):
+                    self.note(d.get("device", "?"), d.get("utc"), f"GAP {_gap_text(d)}")
             elif m.kind == "cycler_event":
                 d = m.data
-                if self._wanted(d.get("device", ""), d.get("channel")):
-                    self._note(
+                if self.wants(d.get("device", ""), d.get("channel")):
+                    self.note(
                         d["device"],
                         d.get("utc"),
                         f"cycler {d.get('kind')} cycle {d.get('cycle')} on ch {d.get('channel')}",
                     )
             elif m.kind == "overflow":
-                self._note("bridge", time.time(), "the view fell behind; some samples skipped")
+                self.note("bridge", time.time(), "the view fell behind; some samples skipped")
             self.changed = True
 
     def _sample(self, d: dict[str, Any]) -> None:
         device, channel = d.get("device", "?"), d.get("channel", 0)
-        if not self._wanted(device, channel):
+        if not self.wants(device, channel):
             return
         v = self._view(device, channel)
         seq = d.get("seq", 0)
@@ -187,7 +188,7 @@ class Monitor:
         if v.pressure is not None:
             v.history.append(v.pressure)
 
-    def _note(self, device: str, utc: float | None, text: str) -> None:
+    def note(self, device: str, utc: float | None, text: str) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(utc or time.time()))
         self.events.append(f"{when} {device}: {text}")
 
@@ -304,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return commands.EXIT_USAGE
         for name in known:
-            if m._wanted(name):
+            if m.wants(name):
                 m.seed(c.device(name))
     except ApiError as e:
         return commands.api_exit(e, "monitor")
@@ -338,7 +339,7 @@ def _follow(
             if frames is not None:
                 return commands.api_exit(e, "monitor")
             # live view: say so in the view and keep trying, like a gauge on the wall
-            m._note("bridge", time.time(), f"stream lost: {e.message}; retrying")
+            m.note("bridge", time.time(), f"stream lost: {e.message}; retrying")
             screen.draw(m.render())
         time.sleep(2.0)
 

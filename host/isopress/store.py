@@ -496,14 +496,27 @@ class Store:
             except sqlite3.Error as e:
                 raise self._error(e, what) from e
 
-    def _dicts(self, sql: str, params: Sequence[Any] = (), what: str = "reading") -> list[dict]:
+    def _dicts(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        what: str = "reading",
+        *,
+        json_column: str | None = None,
+    ) -> list[dict]:
+        """Rows as dicts; `json_column` names a column stored as JSON text,
+        returned decoded."""
         with self._reader() as conn:
             try:
                 cur = conn.execute(sql, params)
                 names = [d[0] for d in cur.description]
-                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+                rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
             except sqlite3.Error as e:
                 raise self._error(e, what) from e
+        if json_column is not None:
+            for row in rows:
+                row[json_column] = json.loads(row[json_column])
+        return rows
 
     def _check_version(self, conn: sqlite3.Connection) -> int:
         try:
@@ -752,10 +765,7 @@ class Store:
         if channel is not None:
             sql += " AND s.channel = ?"
             params.append(channel)
-        rows = self._dicts(sql + " ORDER BY s.utc, s.id", params)
-        for row in rows:
-            row["calibration"] = json.loads(row["calibration"])
-        return rows
+        return self._dicts(sql + " ORDER BY s.utc, s.id", params, json_column="calibration")
 
     # -- runs ------------------------------------------------------------
 
@@ -1190,10 +1200,7 @@ class Store:
             where.append("c.utc >= ?")
             params.append(_finite(since_utc, "since_utc"))
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.utc, c.id"
-        rows = self._dicts(sql, params)
-        for row in rows:
-            row["args"] = json.loads(row["args"])
-        return rows
+        return self._dicts(sql, params, json_column="args")
 
     def add_gap(
         self,
@@ -1355,11 +1362,8 @@ class Store:
         if result is not None:
             sql += " AND c.result = ?"
             params.append(result)
-        rows = self._dicts(sql + " ORDER BY c.id DESC LIMIT 1", params)
-        if not rows:
-            return None
-        rows[0]["args"] = json.loads(rows[0]["args"])
-        return rows[0]
+        rows = self._dicts(sql + " ORDER BY c.id DESC LIMIT 1", params, json_column="args")
+        return rows[0] if rows else None
 
     def last_sample(self, device: str, channel: int) -> dict | None:
         """The channel's sample with the highest seq (the newest), or None."""

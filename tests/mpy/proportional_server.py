@@ -17,6 +17,7 @@
 #   scale {den, num, xs}       -> proportional.Scale(den, num).apply(x) for each x
 #   alloc {ticks}              -> bytes the controller's tick and channel 1's tick
 #                                 allocate, the simulated parts taken out
+#   plant_trace {s}            -> proportional_trace.run(): the plant's regulator alone
 import gc
 import json
 import sys
@@ -261,6 +262,11 @@ def handle(req):
         return {"out": [sc.apply(x) for x in req["xs"]], "k": sc.k, "s": sc.s, "c": sc.c}
     if op == "alloc":
         return alloc(req.get("ticks", 200))
+    if op == "plant_trace":
+        import plant
+        import proportional_trace
+
+        return proportional_trace.run(plant, req["s"])
     return {"error": "unknown op " + op}
 
 

@@ -113,7 +113,17 @@ def handle(req):
         trace = []
         nxt = [0]
 
+        evs = []
+        frames = []
+
         def each(sim):
+            # Decode what the board sent as it goes: a long run's bytes
+            # would otherwise pile up in one growing buffer.
+            if len(sim.link.tx) > 4096:
+                e, f = events_out(sim.link, DEC)
+                evs.extend(e)
+                if req.get("frames"):
+                    frames.extend(f)
             c = sim.dev.by_number[ch.number]
             p = sim.plant.holder(ch.number).pressure
             if st["p_min"] is None or p < st["p_min"]:
@@ -128,7 +138,9 @@ def handle(req):
                     trace.append([t, p, c.pressure, c.setpoint, c.valve_bits(), c.alarms])
 
         S.run(req["s"], each)
-        evs, frames = events_out(S.link, DEC)
+        e, f = events_out(S.link, DEC)
+        evs.extend(e)
+        frames.extend(f)
         out = chan_state(S.dev.by_number[ch.number])
         out.update(st)
         out["true"] = S.plant.holder(ch.number).pressure
@@ -140,6 +152,11 @@ def handle(req):
         if req.get("frames"):
             out["frames"] = frames
         return out
+    if op == "mem":
+        import gc
+
+        gc.collect()
+        return {"free": gc.mem_free(), "alloc": gc.mem_alloc()}
     if op == "inject":
         S.plant.inject(req["ch"], req["fault"], req.get("value"))
         return {"ok": True}

@@ -309,7 +309,11 @@ class Device:
             if not ch.measured:
                 left = True
                 continue
-            ch.command(target, 0 if rate > ch.ramp_up else rate, 1)
+            # The rate it had, unless that breaks the limit in the direction
+            # it now has to go (the pressure may have crossed the target).
+            up = target >= ch.pressure
+            limit = ch.ramp_up if up else ch.ramp_down
+            ch.command(target, rate if 0 < rate <= limit else 0, 1)
         if not left:
             self._restore = None
 

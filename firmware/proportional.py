@@ -18,7 +18,8 @@
 #   again (a trim learned at the old pressure is off by the regulator's
 #   linearity error at the new one), and the integral then takes it off
 #   slowly: a step down is approached from above (DOMAIN.md: a drop below the
-#   setpoint damages the cell for good).
+#   setpoint damages the cell for good). A rise takes the accuracy off once
+#   its ramp is over, so it ends below the target rather than above it.
 # - The monitor, the regulator's own reading of its outlet, is compared with
 #   what it should read by now: the command through a first-order lag of the
 #   regulator's response time. Beyond the tolerance for longer than the
@@ -192,6 +193,7 @@ class Proportional:
         self.primed = False
         self.quiet_ms = 0  # HOLD since, ms, with the valve open
         self.last_target = 0
+        self.rising = False  # a rise is under way: end it below the target
         self.active = False  # regulating or tripped on the last tick
         self._write(0)
 
@@ -257,14 +259,20 @@ class Proportional:
 
     def _regulate(self, ch, dt):
         tgt = ch.target
+        acc = self.accuracy
         if tgt != self.last_target or not self.active:
-            if tgt < ch.setpoint - self.accuracy:
+            self.rising = tgt > ch.setpoint + acc
+            if tgt < ch.setpoint - acc:
                 # Lowering further than the trim can be trusted to carry:
                 # approach from above.
-                t = self.trim + self.accuracy
-                self.trim = t if t < self.trim_max else self.trim_max
+                self._trim_by(acc)
             self.last_target = tgt
             self.quiet_ms = 0
+        if self.rising and ch.setpoint == tgt:
+            # A rise ends below, not above: taken off only now that the
+            # ramp is over, so the start of a rise never relieves the cell.
+            self.rising = False
+            self._trim_by(-acc)
         self._command(ch.setpoint + self.trim)
         if not self.engaged:
             # Open once the regulator demonstrably follows and its outlet is
@@ -294,9 +302,12 @@ class Proportional:
             acc = self._acc + err * dt
             step = acc // TRIM_MS
             self._acc = acc - step * TRIM_MS
-            t = self.trim + step
-            m = self.trim_max
-            self.trim = -m if t < -m else (m if t > m else t)
+            self._trim_by(step)
+
+    def _trim_by(self, d):
+        t = self.trim + d
+        m = self.trim_max
+        self.trim = -m if t < -m else (m if t > m else t)
 
     def _watch(self, ch, dt):
         # The monitor against the command's lagged copy.

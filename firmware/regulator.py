@@ -181,7 +181,10 @@ class Regulator:
             self._count(fill_ms, vent_ms)
             return
         r = _clamp(p - pred, -(1 << 20), 1 << 20)
-        self.p_fast = pred + r // 4
+        # A residual beyond three deadbands is the model being wrong (a
+        # fault, an unlearned rate), not noise: follow the sample harder.
+        big = 3 * self.deadband
+        self.p_fast = pred + (r // 2 if r > big or r < -big else r // 4)
         # The residual of a fresh sample, per ms of flow since the previous
         # one, corrects that valve's rate: quickly while it is new, then
         # gently, and less for short openings. Holding pulses (a few ms) do

@@ -169,7 +169,10 @@ class Supervisor:
         if self.rise_alarm:
             self._rise(dt, pf)
         self._below_min(pf)
-        self._excursion(dt, pf, sp)
+        # Excursions on the samples themselves: the filter leans on the
+        # regulator's model, which a fault (a vent stuck open) makes wrong;
+        # the tolerance (0.25 % FS) is five times the sensor's noise.
+        self._excursion(dt, p, sp)
         self._leak(dt, pf)
 
     def _fill_watch(self, dt, p):

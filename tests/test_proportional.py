@@ -346,4 +346,5 @@ def test_regulator_plant_gives_the_same_trace_in_micropython_and_cpython(mp: Mic
     # it went places: filled, relieved, faults, back
     final = dict(zip(here["header"], here["rows"][-1], strict=True))
     assert final["ch1_faults"] == "" and final["ch1_reg_valve"] == 0
-    assert min(r[1] for r in here["rows"]) > 1.9e6 and max(r[1] for r in here["rows"]) > 4.9e6
+    pressures = [row[1] for row in here["rows"]]
+    assert max(pressures) > 4.9e6 and any(abs(p - 2.04e6) < 2e4 for p in pressures)

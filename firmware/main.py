@@ -47,8 +47,9 @@ def valve_pins(profile):
         return pins
     for ch in channels:
         if isinstance(ch, dict):
-            for key in ("fill_pin", "vent_pin"):
-                pin = ch.get(key)
+            prop = ch.get("proportional")
+            iso = prop.get("isolate_pin") if isinstance(prop, dict) else None
+            for pin in (ch.get("fill_pin"), ch.get("vent_pin"), iso):
                 if isinstance(pin, int) and pin not in pins:
                     pins.append(pin)
     return pins

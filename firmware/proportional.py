@@ -37,6 +37,13 @@
 #   while the regulator is healthy so that it relieves, and the vent valve,
 #   where fitted, vents as in valve mode.
 #
+#     prop = Proportional(ch, block, analog_out, hal, isolation_valve)  # device.py
+#     prop.set_enabled(control)     # cold: the config key
+#     prop.tick()                   # each channel tick, after the supervisor
+#     prop.healthy() -> bool        # ACK_ALARM: may REGULATOR clear
+#     prop.pf                       # filtered chamber pressure, Pa (the channel's, in control 1)
+#     Scale(den, num).apply(x)      # round(x * num / den) in small ints
+#
 # Integers only in the tick, no allocation; pressures in Pa.
 import wire
 from mcu_adc import MCUADC

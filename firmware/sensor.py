@@ -26,8 +26,9 @@
 #              transducer; fault_value = signal
 #   SATURATED  an ADC at its rail, or a load cell beyond its safe overload;
 #              fault_value = signal
-#   STUCK      the same raw counts `stuck_samples` times in a row where noise
-#              is expected (a frozen converter or a DOUT line stuck low);
+#   STUCK      the same raw counts (within the converter's own noise on an
+#              ADS1115) `stuck_samples` times in a row where noise is
+#              expected (a frozen transducer or converter, DOUT stuck low);
 #              fault_value = raw
 # A fault is set after `bad_samples` (N, default 3) bad samples in a row and
 # cleared after N good ones, so one glitch neither trips nor clears it. A
@@ -133,6 +134,10 @@ class Sensor:
         self.period_ms = period_ms
         self.bad_samples = BAD_SAMPLES
         self.stuck_samples = stuck_samples
+        # Readings within this many counts of the first of a run count as
+        # "the same": a frozen transducer on an ADS1115 still shows the
+        # converter's own code or two of noise.
+        self.stuck_band = 0
         self.raw = 0
         self.signal = 0
         self.fault = OK
@@ -163,12 +168,13 @@ class Sensor:
         # A conversion arrived: `code` is its classification before the
         # stuck check, which only applies to otherwise good readings.
         self.raw = raw
-        if self._same and raw == self._prev:
+        d = raw - self._prev
+        if self._same and -self.stuck_band <= d <= self.stuck_band:
             if self._same < self.stuck_samples:
                 self._same += 1
         else:
             self._same = 1
-        self._prev = raw
+            self._prev = raw  # the reference the next readings are held to
         if code == OK:
             if self.stuck_samples and self._same >= self.stuck_samples:
                 return self._judge(STUCK, raw)
@@ -610,11 +616,15 @@ def _plan(profile):
                 raise ValueError("type = %r: ads1115, ads1015, hx711 or mcu_adc" % t)
             bad = _int(cfg, "bad_samples", 1, 1000) if "bad_samples" in cfg else BAD_SAMPLES
             stuck = _int(cfg, "stuck_samples", 0, 100000) if "stuck_samples" in cfg else None
+            # "The same" within this many counts: a frozen transducer on an
+            # ADS1115 still shows the converter's own code or two of noise,
+            # so a rig whose transducer is noisier (all real ones) says so.
+            band = _int(cfg, "stuck_band_counts", 0, 1000) if "stuck_band_counts" in cfg else 0
         except KeyError as e:
             raise ValueError("channel %r sensor: missing key %s" % (ch, e)) from None
         except ValueError as e:
             raise ValueError("channel %r sensor: %s" % (ch, e)) from None
-        plans.append((ch, p, bad, stuck))
+        plans.append((ch, p, bad, stuck, band))
     return plans
 
 
@@ -629,7 +639,7 @@ def build(profile, hal):
     buses = {}
     shares = {}
     out = {}
-    for ch, p, bad, stuck in plans:
+    for ch, p, bad, stuck, band in plans:
         if p[0] == "ads":
             _, name, adc, bus, kind, inp, sup, gain, rate, k, dstuck = p
             if name not in shares:
@@ -642,6 +652,7 @@ def build(profile, hal):
             # signal's conversion arrives.
             supply = None if sup is None else sh.slot(sup, gain, rate)
             s = AdsSensor(kind, sh, sh.slot(inp, gain, rate), supply, k, dstuck, diff)
+
         elif p[0] == "hx711":
             _, dout, sck, gain, rate, overload, pio_sm = p
             if pio_sm is not None and getattr(hal, "PORT", "") == "rp2":
@@ -661,6 +672,7 @@ def build(profile, hal):
         s.bad_samples = bad
         if stuck is not None:
             s.stuck_samples = stuck
+        s.stuck_band = band
         out[ch] = s
     now = hal.ticks_ms()
     for s in out.values():

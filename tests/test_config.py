@@ -315,9 +315,9 @@ def test_no_analog_output_means_no_analog_keys(mp, tmp_path):
     path.write_text(json.dumps(profile))
     load(mp, tmp_path, path)
     assert set_(mp, 1, K["analog_fs"], MPA) == (R["NOT_SUPPORTED"], 0)
-    assert set_(mp, 1, K["control"], 1) == (R["NOT_SUPPORTED"], 0)
-    assert set_(mp, 1, K["control"], 0) == (OK, 0)
-    assert set_(mp, 2, K["control"], 1) == (OK, 1)
+    assert set_(mp, 1, K["control"], 1) == (OK, 1)  # channel 1 has a regulator block
+    assert set_(mp, 2, K["control"], 1) == (OOR, 0)
+    assert set_(mp, 2, K["control"], 0) == (OK, 0)
 
 
 VALVE_KEYS = (

@@ -366,3 +366,16 @@ def test_leak_rate_reported(board: Board) -> None:
     rates = [e for e in r["events"] if e["kind_name"] == "LEAK_RATE"]
     assert rates and min(e["a"] for e in rates) < -50
     assert r["alarms"] & LEAK
+
+
+def test_stuck_transducer_is_a_sensor_fault(board: Board) -> None:
+    # A frozen transducer still shows the ADS1115's own code or two of noise;
+    # the profile's stuck band (3 counts) sees through it within 200 samples
+    # (about 30 s with three inputs on the converter), then the channel isolates.
+    board.boot()
+    board.hold(5, 60)
+    board.inject(1, "sensor_stuck", True)
+    r = board.run(60)
+    assert r["alarms"] & SENSOR_FAULT and r["alarms"] & LATCHED
+    assert r["mode"] == "ISOLATED" and r["valves"] == 0
+    assert r["sensor_fault"] == 5  # STUCK

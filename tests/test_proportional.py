@@ -107,6 +107,11 @@ def test_reaches_and_holds_the_setpoint_with_the_valves_shut(board: Board) -> No
     assert held["trim"] < -0.004 * FS
     # fill and vent valves never opened; the isolation valve did
     assert r["valves_seen"] == 0 and held["valves_seen"] == 0 and held["iso_pin"] == 1
+    # with the trim learned, a rise ends below its target, not above
+    board.set(6)
+    up = board.run(30)
+    assert up["p_max"] < 6 * MPA
+    assert abs(up["true"] - 6 * MPA) < 0.005 * FS and up["valves_seen"] == 0
 
 
 def test_step_down_never_undershoots(board: Board) -> None:

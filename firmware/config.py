@@ -35,7 +35,7 @@ FILE = "config.json"
 _TAG = "isopress-config"
 _SCHEMA = 1
 
-_RESULT = dict((name, code) for code, name in wire.RESULTS)
+_RESULT = wire.codes(wire.RESULTS)
 OK = _RESULT["OK"]
 UNKNOWN_CHANNEL = _RESULT["UNKNOWN_CHANNEL"]
 OUT_OF_RANGE = _RESULT["OUT_OF_RANGE"]

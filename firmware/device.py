@@ -36,7 +36,7 @@ STATE = "state.json"
 BOOTS = "boots.json"
 
 _K = dict((n.lower(), k) for k, n in wire.CHANNEL_KINDS)
-_R = dict((n, k) for k, n in wire.RESULTS)
+_R = wire.codes(wire.RESULTS)
 OK = _R["OK"]
 UNKNOWN_MESSAGE = _R["UNKNOWN_MESSAGE"]
 UNKNOWN_CHANNEL = _R["UNKNOWN_CHANNEL"]
@@ -44,13 +44,13 @@ BAD_STATE = _R["BAD_STATE"]
 STORAGE = _R["STORAGE"]
 NOT_SUPPORTED = _R["NOT_SUPPORTED"]
 OUT_OF_RANGE = _R["OUT_OF_RANGE"]
-_E = dict((n, k) for k, n in wire.EVENTS)
+_E = wire.codes(wire.EVENTS)
 EV_BOOT = _E["BOOT"]
 EV_CONFIG_BAD = _E["CONFIG_BAD"]
 EV_CONFIG_CHANGED = _E["CONFIG_CHANGED"]
 EV_ACTUATIONS = _E["ACTUATIONS"]
 EV_CALIBRATION = _E["CALIBRATION"]
-_C = dict((n, k) for k, n in wire.CALIBRATIONS)
+_C = wire.codes(wire.CALIBRATIONS)
 _M = frame.BY_NAME
 ACTUATIONS_EVERY = 3600000  # ms between ACTUATIONS events per channel
 

@@ -51,9 +51,9 @@ from micropython import const
 from supervisor import HOLD, IDLE, ISOLATED, LATCHED, RAMP, TRIPPED, VENT
 
 REGULATOR = const(1 << 10)
-assert dict((n, b) for b, n in wire.ALARMS)["REGULATOR"] == 10
-EV_RAISED = dict((n, k) for k, n in wire.EVENTS)["ALARM_RAISED"]
-ISOSTATIC = dict((n, k) for k, n in wire.CHANNEL_KINDS)["ISOSTATIC"]
+assert wire.codes(wire.ALARMS)["REGULATOR"] == 10
+EV_RAISED = wire.codes(wire.EVENTS)["ALARM_RAISED"]
+ISOSTATIC = wire.codes(wire.CHANNEL_KINDS)["ISOSTATIC"]
 
 FULL = 65535
 TRIM_FS_DIV = 50  # the trim stays within FS / 50 = 2 % FS

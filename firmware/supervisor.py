@@ -25,7 +25,7 @@
 import wire
 from micropython import const
 
-_A = dict((n, b) for b, n in wire.ALARMS)
+_A = wire.codes(wire.ALARMS)
 OVERPRESSURE = const(1 << 0)
 SENSOR_FAULT = const(1 << 1)
 FILL_TIMEOUT = const(1 << 2)
@@ -38,14 +38,14 @@ LATCHED = const(1 << 15)
 LATCHING = OVERPRESSURE | SENSOR_FAULT | FILL_TIMEOUT | CONFIG
 assert _A["OVERPRESSURE"] == 0 and _A["EXCURSION"] == 6 and _A["LATCHED"] == 15
 
-_E = dict((n, k) for k, n in wire.EVENTS)
+_E = wire.codes(wire.EVENTS)
 EV_RAISED = _E["ALARM_RAISED"]
 EV_CLEARED = _E["ALARM_CLEARED"]
 EV_TRIP = _E["TRIP"]
 EV_EXCURSION = _E["EXCURSION"]
 EV_LEAK_RATE = _E["LEAK_RATE"]
 
-_M = dict((n, k) for k, n in wire.MODES)
+_M = wire.codes(wire.MODES)
 IDLE = _M["IDLE"]
 HOLD = _M["HOLD"]
 RAMP = _M["RAMP"]
@@ -260,16 +260,20 @@ class Supervisor:
         # swing cancels over a window of its period or longer.
         ch = self.ch
         reg = ch.reg
+        # A window starts only while holding (after a step the gas is still
+        # settling and the model's view of the flow is at its roughest) and
+        # runs while the channel stays in HOLD, whatever the regulator does
+        # in between (a fast leak keeps it busy).
+        if ch.mode != HOLD:
+            self.leak_ms = 0
+            return
         if self.leak_ms == 0:
+            if not reg.holding:
+                return
             self.leak_start = ch.settled_pa()
             reg.flow_sum = 0
         self.leak_ms += dt
-        # Only a window spent holding counts: after a step the gas is still
-        # settling and the model's view of the flow is at its roughest.
-        steady = ch.mode == HOLD and reg.holding
-        if self.leak_ms < self.leak_window or not steady:
-            if not steady:
-                self.leak_ms = 0
+        if self.leak_ms < self.leak_window:
             return
         change = ch.settled_pa() - self.leak_start - (reg.flow_sum << reg.shift)
         rate = change * 1000 // self.leak_ms  # Pa/s

@@ -396,7 +396,9 @@ def test_rto_adapts_to_the_round_trip(boards: Callable[..., FakeBoard]) -> None:
         # ...then the estimate covers the slower board and nothing is re-sent
         assert all(a.transmissions == 1 for a in acks[-4:])
         st = lk.stats
-        assert st.srtt_s is not None and 0.12 < st.srtt_s < 0.3
+        # SRTT moves towards the 0.15 s delay (RFC 6298 gains 1/8, so not all
+        # the way in 12 samples); the RTO is what must cover it
+        assert st.srtt_s is not None and 0.08 < st.srtt_s < 0.3
         assert st.rto_s > 0.15
         await lk.close()
 

@@ -163,6 +163,8 @@ class Device:
         # A tuple for the tick: dict.values() would allocate a view each time.
         self.profile_list = tuple(self.profiles[ch.number] for ch in self.channels)
         self.io = CyclerIO(profile, hal, [ch.number for ch in self.channels])
+        for ch in self.channels:
+            self._configure(ch)  # again, now that the analog outputs exist
         self._tel_count = 0
         self._act_ms = 0
         self._act_fill = [0] * len(self.channels)
@@ -231,8 +233,11 @@ class Device:
             reg.set_tau(get("thermal_tau", reg.tau))
         if ch.load_cell and ch.cal.area_x100 != get("area", ch.cal.area_x100):
             ch.cal.rescale(get("area"))
-        if names["analog_fs"] in v:
-            self._analog_scale = True
+        io = getattr(self, "io", None)
+        fs_key = names["analog_fs"]
+        if io is not None and fs_key in v:
+            # analog_fs_v is in mV (exponent -3), as set_scale takes it.
+            io.set_scale(ch.number, v[fs_key], v[names["analog_fs_v"]])
         if ch.prop is not None:
             ch.control = get("control")
             ch.prop.set_enabled(ch.control)

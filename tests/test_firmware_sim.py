@@ -379,3 +379,11 @@ def test_stuck_transducer_is_a_sensor_fault(board: Board) -> None:
     assert r["alarms"] & SENSOR_FAULT and r["alarms"] & LATCHED
     assert r["mode"] == "ISOLATED" and r["valves"] == 0
     assert r["sensor_fault"] == 5  # STUCK
+
+
+def test_analog_output_scale_follows_the_config(board: Board) -> None:
+    # analog_fs: the pressure at full-scale output; 5 MPa -> 3 V of 3.3 V
+    board.boot(config={"1": {"analog_fs": 5 * MPA}})
+    board.hold(2.5, 90)
+    duty = board.mp(op="output", pin=16)["value"]
+    assert abs(duty - 2.5 / 5 * 3.0 / 3.3 * 65535) < 0.01 * 65535

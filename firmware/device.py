@@ -123,6 +123,8 @@ class Device:
             cfg.value(0, "host_silence"),
         )
         sensors = sensor_mod.build(profile, hal)
+        # Before the channels: configuring a channel sets its analog scale.
+        self.io = CyclerIO(profile, hal, [c["channel"] for c in profile["channels"]])
         for c in profile["channels"]:
             n = c["channel"]
             s = sensors[n]
@@ -162,9 +164,6 @@ class Device:
             self.profiles[ch.number] = Profile(ch, self.emit, self.fs, hal.ticks_diff)
         # A tuple for the tick: dict.values() would allocate a view each time.
         self.profile_list = tuple(self.profiles[ch.number] for ch in self.channels)
-        self.io = CyclerIO(profile, hal, [ch.number for ch in self.channels])
-        for ch in self.channels:
-            self._configure(ch)  # again, now that the analog outputs exist
         self._tel_count = 0
         self._act_ms = 0
         self._act_fill = [0] * len(self.channels)
@@ -233,11 +232,10 @@ class Device:
             reg.set_tau(get("thermal_tau", reg.tau))
         if ch.load_cell and ch.cal.area_x100 != get("area", ch.cal.area_x100):
             ch.cal.rescale(get("area"))
-        io = getattr(self, "io", None)
         fs_key = names["analog_fs"]
-        if io is not None and fs_key in v:
+        if fs_key in v:
             # analog_fs_v is in mV (exponent -3), as set_scale takes it.
-            io.set_scale(ch.number, v[fs_key], v[names["analog_fs_v"]])
+            self.io.set_scale(ch.number, v[fs_key], v[names["analog_fs_v"]])
         if ch.prop is not None:
             ch.control = get("control")
             ch.prop.set_enabled(ch.control)

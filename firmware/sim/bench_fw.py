@@ -24,30 +24,20 @@ MPA = 1000000
 _sim_alloc = [0]
 
 
-def _wrap(cls, name):
-    # Count the allocation inside a simulated part, so it can be taken out.
-    orig = getattr(cls, name)
-
-    def w1(self, a):
-        m = gc.mem_alloc()
-        r = orig(self, a)
-        _sim_alloc[0] += gc.mem_alloc() - m
-        return r
-
-    def w3(self, a, b, c):
+def _counted(orig):
+    # A bus method (self, addr, reg, buf) whose allocation is the sim's.
+    def method(self, a, b, c):
         m = gc.mem_alloc()
         r = orig(self, a, b, c)
         _sim_alloc[0] += gc.mem_alloc() - m
         return r
 
-    return w1, w3
+    return method
 
 
 def instrument():
-    w1, w3 = _wrap(simbus.SimI2C, "readfrom_mem_into")
-    simbus.SimI2C.readfrom_mem_into = w3
-    w1, w3 = _wrap(simbus.SimI2C, "writeto_mem")
-    simbus.SimI2C.writeto_mem = w3
+    simbus.SimI2C.readfrom_mem_into = _counted(simbus.SimI2C.readfrom_mem_into)
+    simbus.SimI2C.writeto_mem = _counted(simbus.SimI2C.writeto_mem)
     for cls in (simbus._Dout, simbus._Sck):
         orig = cls.value
 

@@ -11,9 +11,9 @@
 #   state {}                     -> every channel's state
 #   reboot {cause}, hang {}, corrupt {file}, rx {}
 import json
-import sys
 
 import frame
+import jsonline
 import port_sim
 import wire
 from harness import Sim
@@ -202,11 +202,4 @@ def handle(req):
 
 
 DEC = None
-for line in sys.stdin:
-    try:
-        reply = handle(json.loads(line))
-    except Exception as e:  # report, keep serving
-        sys.print_exception(e, sys.stderr)
-        reply = {"exception": repr(e)}
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
+jsonline.serve(handle)

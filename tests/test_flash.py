@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import re
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -28,6 +30,7 @@ def args(board: str, **kw: object) -> argparse.Namespace:
         dry_run=kw.get("dry_run", False),
         new_config=kw.get("new_config", False),
         build_dir=kw.get("build_dir"),
+        romfs=kw.get("romfs", False),
     )
 
 
@@ -296,3 +299,61 @@ def test_check_mpy_rejects_what_is_not_a_board_module(tmp_path):
     bad.write_bytes(b"M\x06\x00\x3f")  # built for a 64-bit small int
     with pytest.raises(flash.FlashError, match="64-bit"):
         flash.check_mpy(bad)
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_romfs_image_holds_every_build_and_mounts_in_micropython(board, tmp_path):
+    _arch, port = BOARDS[board]
+    build = tmp_path / "build"
+    assert flash.run(args(board, dry_run=True, build_dir=build, romfs=True)) == 0
+    image = build / flash.IMAGE
+    names = sorted(p.stem + ".mpy" for p in expected_modules(port))
+    # Mounted as the board mounts its ROM partition; every file comes back
+    # byte for byte, and a module imports from it.
+    code = (
+        "import vfs, os, sys, json, hashlib, binascii\n"
+        f"vfs.mount(vfs.VfsRom(open({str(image)!r}, 'rb').read()), '/rom')\n"
+        "sys.path.insert(0, '/rom')\n"
+        "h = lambda n: binascii.hexlify(hashlib.sha256(open('/rom/' + n, 'rb').read()).digest())\n"
+        "got = {n: h(n).decode() for n in os.listdir('/rom')}\n"
+        "import crc16\n"
+        "print(json.dumps([got, crc16.__file__]))\n"
+    )
+    run = subprocess.run(
+        [paths.tool("micropython"), "-c", code],
+        env=paths.micropython_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    got, where = json.loads(run.stdout.strip().splitlines()[-1])
+    assert sorted(got) == names
+    assert got == {n: hashlib.sha256((build / n).read_bytes()).hexdigest() for n in names}
+    assert where == "/rom/crc16.mpy"
+
+
+def test_romfs_flash_deploys_one_image_and_removes_the_files_that_would_shadow_it(
+    tmp_path, fake_mpremote, capsys
+):
+    build = tmp_path / "build"
+    assert flash.run(args("pico", port="/dev/ttyFAKE", build_dir=build, romfs=True)) == 0
+    calls = [c[2:] for c in fake_mpremote()]
+    # Old modules out first (sources and .mpy files: '' precedes /rom on sys.path).
+    assert calls[0][0] == "exec"
+    assert "'/frame.mpy'" in calls[0][1] and "'/frame.py'" in calls[0][1]
+    assert calls[1] == ["fs", "cp", str(ROOT / "hardware" / "boards" / "pico.json"), ":board.json"]
+    assert calls[2] == ["romfs", "deploy", str(build / flash.IMAGE)]
+    assert calls[3] == ["fs", "cp", str(FIRMWARE / "main.py"), ":main.py"]
+    assert calls[4] == ["reset"]
+    assert len(calls) == 5  # no .mpy copied to the filesystem
+
+
+def test_a_board_without_romfs_stops_with_mpremotes_reason_and_main_py_removed(
+    tmp_path, fake_mpremote, monkeypatch, capsys
+):
+    monkeypatch.setenv("FAKE_MPREMOTE_FAIL", "romfs deploy")
+    assert flash.run(args("pico", port="/dev/ttyFAKE", romfs=True)) == flash.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "romfs deploy" in err and "no main.py" in err
+    assert not any(c[-1] in (":main.py", "reset") for c in fake_mpremote())

@@ -2,9 +2,11 @@
 # `isopress bench firmware`; one JSON object on stdout):
 #
 #     micropython bench_fw.py resources BOARD.json FS
+#     micropython bench_fw.py heap BOARD.json FS MPY_DIR|IMAGE.romfs|source
 #     micropython bench_fw.py hold|step_down|step_up BOARD.json FS HOURS
 #
-# resources: heap after boot, allocation and time per tick, simulation speed.
+# resources: allocation and time per tick, simulation speed.
+# heap: heap after boot, in a fresh interpreter per way of loading the modules.
 # The plant and the simulated buses allocate (they compute in floats); their
 # share is measured around each of their entry points and taken out, so the
 # figure is the firmware's own.
@@ -67,23 +69,48 @@ def instrument():
     port_sim.Valve._set = _set
 
 
+def heap(board, fs, modules):
+    # Heap after boot with the firmware's modules loaded the way a board
+    # loads them: `modules` is a directory of the .mpy files `isopress flash`
+    # copies (bytecode loaded into the heap), or a ROMFS image of them
+    # (`isopress flash --romfs`: mounted, bytecode run in place), or "source"
+    # (the .py files on MICROPYPATH, compiled at import).
+    if modules.endswith(".romfs"):
+        import vfs
+
+        vfs.mount(vfs.VfsRom(open(modules, "rb").read()), "/rom")
+        sys.path.insert(0, "/rom")
+    elif modules != "source":
+        sys.path.insert(0, modules)
+    # The config file is already in fs (written by `isopress flash`'s own
+    # code, in another process): provision() here would import the config
+    # module, and the wire table with it, before the count starts.
+    profile = json.load(open(board))
+    link = port_sim.MemoryLink()
+    port_sim.setup(profile, plant_mod.Plant(None), fs, link, 0)
+    gc.collect()
+    before = gc.mem_alloc()
+    import device
+
+    gc.collect()
+    code = gc.mem_alloc() - before  # modules: bytecode (unless in place) and globals
+    dev = device.Device(profile, fs, link)
+    gc.collect()
+    total = gc.mem_alloc() - before
+    assert len(dev.channels) == 4
+    return {"heap_bytes": total, "heap_modules_bytes": code, "heap_device_bytes": total - code}
+
+
 def resources(board, fs):
     profile = json.load(open(board))
     provision(fs, profile)
     plant = plant_mod.Plant(None)
     link = port_sim.MemoryLink()
     port_sim.setup(profile, plant, fs, link, 0)
-    gc.collect()
-    before = gc.mem_alloc()
-    import device
-
-    gc.collect()
-    code = gc.mem_alloc() - before  # modules: bytecode and globals
-    dev = device.Device(profile, fs, link)
-    gc.collect()
-    heap = gc.mem_alloc() - before
     sim = Sim(profile, None, fs, link, plant=plant, fresh=False)
     dev = sim.dev
+    import device
+
     # Three channels regulating, one monitoring: the 4-channel hold.
     for n, p in ((1, 5 * MPA), (2, 3 * MPA), (3, 20 * MPA)):
         dev.command(device.SET_SETPOINT, [n, p, 0], 0)
@@ -132,11 +159,6 @@ def resources(board, fs):
     glue = measure(False)
     fw = measure(True) - glue
     return {
-        "heap_after_boot_bytes": heap,
-        # Of which the modules' bytecode and globals, which a board keeps in
-        # flash when the modules are frozen into its firmware image.
-        "heap_modules_bytes": code,
-        "heap_device_bytes": heap - code,
         "alloc_bytes_per_tick": max(0, fw) / n,
         "us_per_tick_per_channel": us / n / len(dev.channels),
         "sim_speedup": speedup,
@@ -231,6 +253,8 @@ def main():
     fs = sys.argv[3]
     if what == "resources":
         out = resources(board, fs)
+    elif what == "heap":
+        out = heap(board, fs, sys.argv[4])
     else:
         out = control(what, board, fs, float(sys.argv[4]) if len(sys.argv) > 4 else 24.0)
     print(json.dumps(out))

@@ -14,6 +14,16 @@ by their gate pull-downs, instead of a mix of old and new modules. Stale
 `.py` copies of the compiled modules are removed too: MicroPython imports
 `frame.py` before `frame.mpy`, so an old source would shadow the new build.
 
+With `--romfs` the compiled modules go into one ROMFS image instead, deployed
+with `mpremote romfs deploy` to the board's ROM partition, from where
+MicroPython runs their bytecode in place: less RAM than `.mpy` files, whose
+bytecode is loaded into the heap (`isopress bench firmware` measures both).
+It needs firmware built with a ROMFS partition (MICROPY_VFS_ROM); mpremote
+says "ROMFS is not enabled on this device" otherwise, before anything is
+written. The `.mpy` copies on the filesystem are removed, because the current
+directory comes before /rom on sys.path. main.py, the profile and the config
+stay on the filesystem.
+
 A running isopress board ignores Ctrl-C in its binary link; it stops for the
 CR, Ctrl-C pair that mpremote sends first, where no frame can start (see Link
 in firmware/port_rp2.py), and main.py then leaves it in the REPL. Close the
@@ -65,7 +75,7 @@ class Board:
 class Step:
     """One action: compile a module, copy a file, remove files, reset."""
 
-    kind: str  # "compile", "config", "copy", "remove", "reset"
+    kind: str  # "compile", "config", "image", "copy", "romfs", "remove", "reset"
     src: Path | None = None
     dst: str = ""  # build file name (compile), path on the board (copy)
     names: tuple[str, ...] = ()  # files on the board (remove)
@@ -75,6 +85,10 @@ class Step:
             return f"compile {_rel(self.src)} -> {self.dst} (mpy-cross -march={arch})"
         if self.kind == "config":
             return f"write the profile's default config -> {self.dst} (checked file, CRC)"
+        if self.kind == "image":
+            return f"build the ROMFS image of the compiled modules -> {self.dst}"
+        if self.kind == "romfs":
+            return f"deploy {self.dst} to the board's ROMFS partition (mpremote romfs deploy)"
         if self.kind == "copy":
             # A compiled module is copied from the build directory.
             return f"copy {_rel(self.src) if self.src else self.dst} -> :{self.dst}"
@@ -88,10 +102,13 @@ class Step:
             return "remove old files"
         if self.kind == "reset":
             return "reset"
+        if self.kind == "romfs":
+            return "romfs deploy"
         return self.dst
 
 
 CONFIG = "config.json"
+IMAGE = "isopress.romfs"
 
 
 def _rel(path: Path | None) -> str:
@@ -151,11 +168,13 @@ def modules(board: Board) -> list[Path]:
     return [*found, WIRE]
 
 
-def plan(board: Board, new_config: bool = False) -> list[Step]:
+def plan(board: Board, new_config: bool = False, romfs: bool = False) -> list[Step]:
     sources = modules(board)
     compiled = [p for p in sources if p.name != MAIN]
     main = [p for p in sources if p.name == MAIN]
     steps = [Step("compile", p, p.stem + ".mpy") for p in compiled]
+    if romfs:
+        steps.append(Step("image", dst=IMAGE, names=tuple(p.stem + ".mpy" for p in compiled)))
     if new_config:
         # A new board (or a deliberate reset): without a config file the
         # firmware boots every channel isolated with CONFIG_BAD. Not done by
@@ -163,11 +182,16 @@ def plan(board: Board, new_config: bool = False) -> list[Step]:
         steps.append(Step("config", board.profile, CONFIG))
     # main.py first out and last in; sources that would shadow the builds out.
     stale = (MAIN, *(p.name for p in compiled))
+    if romfs:
+        stale += tuple(p.stem + ".mpy" for p in compiled)  # would shadow /rom
     steps.append(Step("remove", names=stale))
     steps.append(Step("copy", board.profile, "board.json"))
     if new_config:
         steps.append(Step("copy", None, CONFIG))
-    steps += [Step("copy", None, p.stem + ".mpy") for p in compiled]
+    if romfs:
+        steps.append(Step("romfs", dst=IMAGE))
+    else:
+        steps += [Step("copy", None, p.stem + ".mpy") for p in compiled]
     steps += [Step("copy", p, MAIN) for p in main]
     steps.append(Step("reset"))
     return steps
@@ -196,6 +220,17 @@ def write_config(profile: Path, out: Path) -> None:
         raise FlashError(f"could not write the default config: {run.stderr.strip()}")
 
 
+def romfs_image(files: list[Path]) -> bytes:
+    """A ROMFS image holding these files at its root, built by mpremote's own
+    writer (the format `mpremote romfs deploy` checks and the board mounts)."""
+    from mpremote.romfs import VfsRomWriter
+
+    fs = VfsRomWriter()
+    for f in sorted(files, key=lambda p: p.name):
+        fs.mkfile(f.name, f.read_bytes())
+    return fs.finalise()
+
+
 def check_mpy(path: Path) -> None:
     head = path.read_bytes()[:4]
     if len(head) < 4 or head[0] != ord("M") or head[1] != MPY_VERSION:
@@ -204,9 +239,13 @@ def check_mpy(path: Path) -> None:
         raise FlashError(f"{path} was built for a 64-bit small int; the boards are 32-bit")
 
 
-def compile_module(mpy_cross: str, src: Path, out: Path, arch: str) -> None:
+def compile_module(mpy_cross: str, src: Path, out: Path, arch: str | None) -> None:
+    """Compile for a board's arch; with arch None, bytecode only (no native
+    code either way) for 32-bit small ints, which any port loads: the bench
+    imports the boards' bytecode in the unix port this way."""
+    march = [f"-march={arch}"] if arch else ["-msmall-int-bits=31"]
     run = subprocess.run(
-        [mpy_cross, f"-march={arch}", "-s", src.name, "-o", str(out), str(src)],
+        [mpy_cross, *march, "-s", src.name, "-o", str(out), str(src)],
         capture_output=True,
         text=True,
     )
@@ -253,6 +292,8 @@ def mpremote_argv(mpremote: str, port: str, step: Step, build: Path) -> list[str
             "        pass\n"
         )
         return [*head, "exec", code]
+    if step.kind == "romfs":
+        return [*head, "romfs", "deploy", str(build / step.dst)]
     if step.kind == "reset":
         return [*head, "reset"]
     raise ValueError(f"not a board step: {step.kind}")
@@ -268,6 +309,11 @@ def run_mpremote(argv: list[str]) -> None:
         raise FlashError("mpremote: " + "\n  ".join(said[-5:]))
 
 
+def _build_image(step: Step, build: Path) -> None:
+    image = romfs_image([build / n for n in step.names])
+    (build / step.dst).write_bytes(image)
+
+
 def flash(
     board: Board,
     port: str | None,
@@ -275,10 +321,11 @@ def flash(
     build: Path,
     out: Callable[[str], None] = print,
     new_config: bool = False,
+    romfs: bool = False,
 ) -> None:
     mpy_cross = paths.tool("mpy-cross")
     mpremote = None if dry_run else paths.tool("mpremote")
-    steps = plan(board, new_config)
+    steps = plan(board, new_config, romfs)
     if dry_run:
         where = f" on {port}" if port else ""
         out(f"isopress flash --dry-run: {board.name} ({board.arch}){where}, {len(steps)} steps")
@@ -289,6 +336,8 @@ def flash(
                 compile_module(mpy_cross, step.src, build / step.dst, board.arch)
             elif step.kind == "config" and step.src is not None:
                 write_config(step.src, build / step.dst)
+            elif step.kind == "image":
+                _build_image(step, build)
         n = sum(s.kind == "compile" for s in steps)
         out(f"compiled {n} modules into {build}; nothing copied")
         return
@@ -300,6 +349,8 @@ def flash(
                 compile_module(mpy_cross, step.src, build / step.dst, board.arch)
             elif step.kind == "config" and step.src is not None:
                 write_config(step.src, build / step.dst)
+            elif step.kind == "image":
+                _build_image(step, build)
             elif mpremote is not None:
                 run_mpremote(mpremote_argv(mpremote, target, step, build))
         except FlashError as e:
@@ -317,12 +368,13 @@ def flash(
 def run(args: argparse.Namespace) -> int:
     try:
         board = load_board(args.board)
+        opts = {"new_config": args.new_config, "romfs": getattr(args, "romfs", False)}
         if args.build_dir is not None:
             args.build_dir.mkdir(parents=True, exist_ok=True)
-            flash(board, args.port, args.dry_run, args.build_dir, new_config=args.new_config)
+            flash(board, args.port, args.dry_run, args.build_dir, **opts)
         else:
             with tempfile.TemporaryDirectory(prefix="isopress-flash-") as tmp:
-                flash(board, args.port, args.dry_run, Path(tmp), new_config=args.new_config)
+                flash(board, args.port, args.dry_run, Path(tmp), **opts)
     except paths.ToolMissing as e:
         print(f"isopress flash: {e}", file=sys.stderr)
         return EXIT_MISSING
@@ -351,6 +403,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--new-config",
         action="store_true",
         help="also write the profile's default config (a new board; replaces calibration)",
+    )
+    p.add_argument(
+        "--romfs",
+        action="store_true",
+        help="deploy the modules as one ROMFS image (firmware with a ROMFS partition): "
+        "their bytecode runs from flash, saving RAM",
     )
     p.add_argument(
         "--build-dir",

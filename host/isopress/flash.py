@@ -309,9 +309,17 @@ def run_mpremote(argv: list[str]) -> None:
         raise FlashError("mpremote: " + "\n  ".join(said[-5:]))
 
 
-def _build_image(step: Step, build: Path) -> None:
-    image = romfs_image([build / n for n in step.names])
-    (build / step.dst).write_bytes(image)
+def build_step(step: Step, build: Path, mpy_cross: str, arch: str) -> bool:
+    """Do a step that happens on this computer; False for a board step."""
+    if step.kind == "compile" and step.src is not None:
+        compile_module(mpy_cross, step.src, build / step.dst, arch)
+    elif step.kind == "config" and step.src is not None:
+        write_config(step.src, build / step.dst)
+    elif step.kind == "image":
+        (build / step.dst).write_bytes(romfs_image([build / n for n in step.names]))
+    else:
+        return False
+    return True
 
 
 def flash(
@@ -332,12 +340,7 @@ def flash(
         for step in steps:
             out(step.describe(board.arch))
         for step in steps:
-            if step.kind == "compile" and step.src is not None:
-                compile_module(mpy_cross, step.src, build / step.dst, board.arch)
-            elif step.kind == "config" and step.src is not None:
-                write_config(step.src, build / step.dst)
-            elif step.kind == "image":
-                _build_image(step, build)
+            build_step(step, build, mpy_cross, board.arch)
         n = sum(s.kind == "compile" for s in steps)
         out(f"compiled {n} modules into {build}; nothing copied")
         return
@@ -345,13 +348,7 @@ def flash(
     out(f"isopress flash: {board.name} ({board.arch}) on {target}")
     for i, step in enumerate(steps, 1):
         try:
-            if step.kind == "compile" and step.src is not None:
-                compile_module(mpy_cross, step.src, build / step.dst, board.arch)
-            elif step.kind == "config" and step.src is not None:
-                write_config(step.src, build / step.dst)
-            elif step.kind == "image":
-                _build_image(step, build)
-            elif mpremote is not None:
+            if not build_step(step, build, mpy_cross, board.arch) and mpremote is not None:
                 run_mpremote(mpremote_argv(mpremote, target, step, build))
         except FlashError as e:
             if not any(s.kind == "remove" for s in steps[: i - 1]):

@@ -16,10 +16,10 @@ from conftest import FIRMWARE, PROTOCOL, ROOT, tool
 
 BOARD_MODULES = sorted([*FIRMWARE.rglob("*.py"), PROTOCOL / "wire.py"])
 ARCHES = {"rp2040": "armv6m", "esp32": "xtensawin"}
-# Built into MicroPython on both the rp2 and esp32 ports.
+# Built into MicroPython on both the rp2 and esp32 ports (vfs since 1.23).
 BUILTIN = {
     "array", "binascii", "collections", "errno", "gc", "json", "machine", "math",
-    "micropython", "os", "select", "struct", "sys", "time", "asyncio", "io",
+    "micropython", "os", "select", "struct", "sys", "time", "asyncio", "io", "vfs",
 }  # fmt: skip
 OWN = {p.stem for p in BOARD_MODULES}
 # Port-only modules, allowed in the files that run only on that port.

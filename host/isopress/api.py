@@ -89,34 +89,35 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # -- request bodies and queries ------------------------------------------------------
 
 
+def _bad(message: str, field: str | None, problem: str, **detail: Any) -> Rejected:
+    """A malformed request: detail.field names the field at fault, detail.problem how."""
+    return Rejected("bad_request", message, field=field, problem=problem, **detail)
+
+
 class Body:
     """A JSON object body: every field checked, unknown fields refused."""
 
     def __init__(self, data: Any, allowed: Iterable[str]) -> None:
         allowed = tuple(allowed)
         if not isinstance(data, dict):
-            raise Rejected(
-                "bad_request",
+            raise _bad(
                 "the body must be a JSON object"
                 + (f" with {', '.join(allowed)}" if allowed else ""),
-                field=None,
-                problem="not an object",
+                None,
+                "not an object",
             )
         for name in data:
             if name not in allowed:
-                raise Rejected(
-                    "bad_request",
+                raise _bad(
                     f"unknown field {name!r}"
                     + (f"; this request takes {', '.join(allowed)}" if allowed else ""),
-                    field=name,
-                    problem="unknown field",
+                    name,
+                    "unknown field",
                 )
         self.data = data
 
     def _missing(self, name: str, what: str) -> Rejected:
-        return Rejected(
-            "bad_request", f"{name} is required ({what})", field=name, problem="missing"
-        )
+        return _bad(f"{name} is required ({what})", name, "missing")
 
     def has(self, name: str) -> bool:
         return self.data.get(name) is not None
@@ -128,12 +129,7 @@ class Body:
                 raise self._missing(name, what)
             return None
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise Rejected(
-                "bad_request",
-                f"{name} must be a number ({what}), not {v!r}",
-                field=name,
-                problem="not a number",
-            )
+            raise _bad(f"{name} must be a number ({what}), not {v!r}", name, "not a number")
         return float(v)
 
     def integer(
@@ -147,19 +143,9 @@ class Body:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise Rejected(
-                "bad_request",
-                f"{name} must be a whole number ({what}), not {v!r}",
-                field=name,
-                problem="not an integer",
-            )
+            raise _bad(f"{name} must be a whole number ({what}), not {v!r}", name, "not an integer")
         if not lo <= v <= hi:
-            raise Rejected(
-                "bad_request",
-                f"{name} must be {lo} to {hi}, not {v}",
-                field=name,
-                problem="out of range",
-            )
+            raise _bad(f"{name} must be {lo} to {hi}, not {v}", name, "out of range")
         return v
 
     def string(
@@ -171,12 +157,11 @@ class Body:
                 raise self._missing(name, what)
             return default
         if not isinstance(v, str) or len(v) > most or (required and not v.strip()):
-            raise Rejected(
-                "bad_request",
+            raise _bad(
                 f"{name} must be {'a non-empty' if required else 'a'} string of at most "
                 f"{most} characters ({what})",
-                field=name,
-                problem="not a string",
+                name,
+                "not a string",
             )
         return v
 
@@ -185,20 +170,17 @@ class Body:
         if v is None:
             return None
         if not isinstance(v, bool):
-            raise Rejected(
-                "bad_request", f"{name} must be true or false", field=name, problem="not a boolean"
-            )
+            raise _bad(f"{name} must be true or false", name, "not a boolean")
         return v
 
     def choice(self, name: str, choices: Iterable[str], default: str | None = None) -> str:
         choices = tuple(choices)
         v = self.data.get(name, default)
         if v not in choices:
-            raise Rejected(
-                "bad_request",
+            raise _bad(
                 f"{name} must be one of {', '.join(choices)}, not {v!r}",
-                field=name,
-                problem="not one of the choices",
+                name,
+                "not one of the choices",
                 choices=list(choices),
             )
         return v
@@ -211,11 +193,10 @@ def _query_time(request: web.Request, name: str) -> float | None:
     try:
         return parse_time(text)
     except Exception:
-        raise Rejected(
-            "bad_request",
+        raise _bad(
             f"{name}={text!r}: give UTC seconds (1760000000.5) or ISO 8601 (2025-10-09T12:00:00Z)",
-            field=name,
-            problem="not a time",
+            name,
+            "not a time",
         ) from None
 
 
@@ -228,12 +209,7 @@ def _query_int(request: web.Request, name: str, lo: int, hi: int) -> int | None:
     except ValueError:
         v = lo - 1
     if not lo <= v <= hi:
-        raise Rejected(
-            "bad_request",
-            f"{name}={text!r}: give a whole number from {lo} to {hi}",
-            field=name,
-            problem="out of range",
-        )
+        raise _bad(f"{name}={text!r}: give a whole number from {lo} to {hi}", name, "out of range")
     return v
 
 
@@ -274,9 +250,7 @@ async def _body(request: web.Request, allowed: Iterable[str]) -> Body:
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            raise Rejected(
-                "bad_request", f"the body is not JSON: {e}", field=None, problem="not JSON"
-            ) from None
+            raise _bad(f"the body is not JSON: {e}", None, "not JSON") from None
     return Body(data, allowed)
 
 
@@ -285,11 +259,10 @@ def _client(request: web.Request) -> str:
     if name is None:
         return "api"
     if not _CLIENT_RE.match(name):
-        raise Rejected(
-            "bad_request",
+        raise _bad(
             f"{CLIENT_HEADER} must be 1 to 64 letters, digits or ' ._@:/-'",
-            field=CLIENT_HEADER,
-            problem="bad header",
+            CLIENT_HEADER,
+            "bad header",
         )
     return f"api:{name}"
 
@@ -529,9 +502,7 @@ class Api:
         body = await _body(request, ("steps",))
         raw = body.data.get("steps")
         if not isinstance(raw, list):
-            raise Rejected(
-                "bad_request", "steps must be a list of steps", field="steps", problem="not a list"
-            )
+            raise _bad("steps must be a list of steps", "steps", "not a list")
         steps = [_step(i, s) for i, s in enumerate(raw)]
         return _json(await self.bridge.load_profile(device, ch, steps, _client(request)))
 
@@ -558,11 +529,10 @@ class Api:
         body = await _body(request, ("kind", "cycle", "advance"))
         kind = body.string("kind", "e.g. cycle_end", most=32)
         if not _KIND_RE.match(kind):
-            raise Rejected(
-                "bad_request",
+            raise _bad(
                 f"kind {kind!r}: lower-case letters, digits and '_', e.g. cycle_end",
-                field="kind",
-                problem="bad name",
+                "kind",
+                "bad name",
             )
         cycle = body.integer("cycle", "the cycler's cycle count", False)
         advance = body.boolean("advance")
@@ -575,19 +545,17 @@ class Api:
         body = await _body(request, ("alarms",))
         names = body.data.get("alarms")
         if not isinstance(names, list) or not names:
-            raise Rejected(
-                "bad_request",
+            raise _bad(
                 'alarms must be a non-empty list of alarm names, e.g. ["OVERPRESSURE"]',
-                field="alarms",
-                problem="not a list",
+                "alarms",
+                "not a list",
             )
         for i, n in enumerate(names):
             if n not in ALARM_NUMBERS:
-                raise Rejected(
-                    "bad_request",
+                raise _bad(
                     f"alarms[{i}] {n!r} is not an alarm; alarms: {', '.join(ALARM_NUMBERS)}",
-                    field=f"alarms[{i}]",
-                    problem="unknown alarm",
+                    f"alarms[{i}]",
+                    "unknown alarm",
                     choices=list(ALARM_NUMBERS),
                 )
         return _json(await self.bridge.ack_alarms(device, ch, names, _client(request)))
@@ -613,11 +581,10 @@ class Api:
     async def _set_config(self, request: web.Request, channel: int) -> web.Response:
         body = await _body(request, ("value", "raw"))
         if body.has("value") == body.has("raw"):
-            raise Rejected(
-                "bad_request",
+            raise _bad(
                 "give value (in the key's unit) or raw (the wire integer), not both",
-                field="value",
-                problem="missing" if not body.has("value") else "both given",
+                "value",
+                "missing" if not body.has("value") else "both given",
             )
         value = body.number("value", "in the key's unit", False)
         raw = body.integer("raw", "wire integer", False, -(2**31), 2**31 - 1)
@@ -715,9 +682,7 @@ class Api:
 def _step(i: int, s: Any) -> dict[str, Any]:
     where = f"steps[{i}]"
     if not isinstance(s, dict):
-        raise Rejected(
-            "bad_request", f"{where} must be an object", field=where, problem="not an object"
-        )
+        raise _bad(f"{where} must be an object", where, "not an object")
     kind = s.get("kind")
     allowed = {
         "SET": ("kind", "target_mpa", "rate_mpa_s"),
@@ -726,11 +691,10 @@ def _step(i: int, s: Any) -> dict[str, Any]:
         "WAIT": ("kind", "wait_for", "timeout_s"),
     }
     if kind not in allowed:
-        raise Rejected(
-            "bad_request",
+        raise _bad(
             f"{where}.kind must be one of {', '.join(STEP_KINDS)}, not {kind!r}",
-            field=f"{where}.kind",
-            problem="unknown step",
+            f"{where}.kind",
+            "unknown step",
             choices=list(STEP_KINDS),
         )
     try:
@@ -775,6 +739,7 @@ CH = DEV + "/channels/{channel}"
 _R = (404,)  # unknown device or channel
 _W = (400, 401, 403)  # writes: a bad body, no or wrong token
 _CMD = (*_W, 404, 409, 422, 502, 503, 504)  # a command sent to a board
+_ASK = (400, 404, 409, 502, 503, 504)  # a read the board answers
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/openapi.json", "openapi_doc", "This document", "OpenApi", tag="meta"),
@@ -927,7 +892,7 @@ ROUTES: tuple[Route, ...] = (
         "Read a channel config key",
         "ConfigValue",
         None,
-        (400, 404, 409, 502, 503, 504),
+        _ASK,
     ),
     Route(
         "PUT",
@@ -945,7 +910,7 @@ ROUTES: tuple[Route, ...] = (
         "Read a board config key",
         "ConfigValue",
         None,
-        (400, 404, 409, 502, 503, 504),
+        _ASK,
         tag="devices",
     ),
     Route(

@@ -69,7 +69,6 @@ MAX_BACKLOG = 1_000_000  # rows kept in memory while the store refuses them
 UTC_WAIT_S = 3.0  # longest a sample waits for the clock sync before an estimate
 COMMAND_TIMEOUT_S = 20.0  # beyond the link's own retransmissions
 RESCAN_S = 5.0  # USB discovery period
-BOARDS = paths.ROOT / "hardware" / "boards"
 
 MODES: dict[int, str] = dict(wire.MODES)
 ALARM_BITS: dict[int, str] = dict(wire.ALARMS)
@@ -638,25 +637,24 @@ class Board:
         self.limits_read = True
 
     def on_sample(self, s: Sample) -> None:
-        if s.duplicate:
-            return
-        ep = self._epoch_for(s.boot_id)
-        if s.utc is None or self.held:
-            self.held.append(_Held(s, ep, time.time()))
-            self.resolve_held()
-            return
-        self._record_sample(s, ep, s.utc)
+        if not s.duplicate:
+            self._take(s, self._epoch_for(s.boot_id))
 
     def on_event(self, e: Event) -> None:
         if e.duplicate:
             return
         ep = self._epoch_for(e.boot_id)
         self._track(e, ep.event_base + e.seq)
-        if e.utc is None or self.held:
-            self.held.append(_Held(e, ep, time.time()))
+        self._take(e, ep)
+
+    def _take(self, r: Sample | Event, ep: Epoch) -> None:
+        """Records `r` now, or holds it until it has a UTC; behind held
+        records it waits too, so the record keeps the board's order."""
+        if r.utc is None or self.held:
+            self.held.append(_Held(r, ep, time.time()))
             self.resolve_held()
-            return
-        self._record_event(e, ep, e.utc)
+        else:
+            self._record(r, ep, r.utc)
 
     def on_gap(self, g: Gap) -> None:
         ep = self._epoch_for_gap(g.boot_id)
@@ -712,10 +710,7 @@ class Board:
             if utc is None:
                 utc = anchor_utc - (anchor_ms - h.record.device_ms) / 1000
                 estimated += 1
-            if isinstance(h.record, Sample):
-                self._record_sample(h.record, h.epoch, utc)
-            else:
-                self._record_event(h.record, h.epoch, utc)
+            self._record(h.record, h.epoch, utc)
         if estimated:
             log.warning(
                 "%s: %d records stored with UTC estimated from their arrival: "
@@ -724,6 +719,12 @@ class Board:
                 estimated,
                 UTC_WAIT_S,
             )
+
+    def _record(self, r: Sample | Event, ep: Epoch, utc: float) -> None:
+        if isinstance(r, Sample):
+            self._record_sample(r, ep, utc)
+        else:
+            self._record_event(r, ep, utc)
 
     def _record_sample(self, s: Sample, ep: Epoch, utc: float) -> None:
         seq = ep.sample_base + s.seq
@@ -1331,27 +1332,13 @@ class Bridge:
             )
         return pa
 
-    @staticmethod
-    def _rate(field: str, value: float) -> int:
-        r = round(value * 1e6)
-        if r < 0 or r > I32:
-            raise Rejected(
-                "out_of_range",
-                f"{field} {value} MPa/s is outside 0 to {I32 / 1e6:g}",
-                field=field,
-                limit=0.0 if r < 0 else I32 / 1e6,
-                unit="MPa/s",
-                source="host",
-            )
-        return r
-
     async def set_setpoint(
         self, device: str, channel: int, pressure_mpa: float, rate_mpa_s: float | None, client: str
     ) -> dict[str, Any]:
         b, ch = self.channel(device, channel)
         self._regulated(b, ch, "take a setpoint")
         pa = self._pressure(b, ch, "pressure_mpa", pressure_mpa)
-        rate = 0 if rate_mpa_s is None else self._rate("rate_mpa_s", rate_mpa_s)
+        rate = 0 if rate_mpa_s is None else _rate("rate_mpa_s", rate_mpa_s)
         fastest = max(ch.limits.get("ramp_up", 0), ch.limits.get("ramp_down", 0))
         if rate and fastest and rate > fastest:
             raise Rejected(
@@ -1474,7 +1461,7 @@ class Bridge:
             item = {"step": STEP_KINDS[kind], "wait_for": 0, "target": 0, "rate": 0, "duration": 0}
             if kind in ("SET", "RAMP"):
                 item["target"] = self._pressure(b, ch, where + ".target_mpa", s["target_mpa"])
-                item["rate"] = self._rate(where + ".rate_mpa_s", s.get("rate_mpa_s") or 0.0)
+                item["rate"] = _rate(where + ".rate_mpa_s", s.get("rate_mpa_s") or 0.0)
             elif kind == "HOLD":
                 item["duration"] = _duration(where + ".duration_s", s["duration_s"])
             else:
@@ -1756,24 +1743,33 @@ def config_view(k: ConfigKey, raw: int) -> dict[str, Any]:
     return {"key": k.name, "number": k.number, "value": k.value(raw), "unit": k.unit, "raw": raw}
 
 
-def _duration(field: str, seconds: float) -> int:
-    ms = round(seconds * 1000)
-    if not 0 <= ms <= U32:
+def _wire(field: str, value: float, unit: str, scale: float, most: int) -> int:
+    """`value` in `unit` as the wire's integer (value * scale), which must be 0 to `most`."""
+    n = round(value * scale)
+    if not 0 <= n <= most:
         raise Rejected(
             "out_of_range",
-            f"{field} {seconds} s is outside 0 to {U32 / 1000:g} s",
+            f"{field} {value} {unit} is outside 0 to {most / scale:g} {unit}",
             field=field,
-            limit=0.0 if ms < 0 else U32 / 1000,
-            unit="s",
+            limit=0.0 if n < 0 else most / scale,
+            unit=unit,
             source="host",
         )
-    return ms
+    return n
+
+
+def _rate(field: str, mpa_s: float) -> int:
+    return _wire(field, mpa_s, "MPa/s", 1e6, I32)
+
+
+def _duration(field: str, seconds: float) -> int:
+    return _wire(field, seconds, "s", 1000, U32)
 
 
 # -- USB discovery -------------------------------------------------------------------
 
 
-def usb_ids(boards_dir: Path = BOARDS) -> dict[tuple[int, int], str]:
+def usb_ids(boards_dir: Path = paths.BOARDS) -> dict[tuple[int, int], str]:
     """(vid, pid) -> board profile name, from the profiles' "usb" entries."""
     ids: dict[tuple[int, int], str] = {}
     for p in sorted(boards_dir.glob("*.json")):
@@ -1784,7 +1780,7 @@ def usb_ids(boards_dir: Path = BOARDS) -> dict[tuple[int, int], str]:
 
 
 def discover_boards(
-    ports: Iterator[Any] | None = None, boards_dir: Path = BOARDS
+    ports: Iterator[Any] | None = None, boards_dir: Path = paths.BOARDS
 ) -> dict[str, tuple[str, str]]:
     """Boards on USB serial ports: name -> (port path, board profile name).
 

@@ -877,11 +877,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _unit(text: str) -> str:
-    for name in (*commands.UNITS, *FORCE_UNITS):
-        if text.lower() == name.lower():
-            return name
-    units = ", ".join((*commands.UNITS, *FORCE_UNITS))
-    raise argparse.ArgumentTypeError(f"{text!r}: the units are {units}")
+    return commands.unit_name(text, (*commands.UNITS, *FORCE_UNITS))
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -9,21 +9,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from isopress import __version__, paths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
 
 
+def _write_json(figures: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _publish(
+    figures: dict[str, Any],
+    report: str,
+    path: str | None,
+    write: Callable[[dict[str, Any], Path], None] = _write_json,
+) -> None:
+    """Prints a bench's report; writes its figures to `path` too when given."""
+    print(report)
+    if path:
+        write(figures, Path(path))
+        print(f"wrote {path}")
+
+
 def cmd_bench_protocol(args: argparse.Namespace) -> int:
     from isopress.bench import protocol
 
     figures = protocol.run(channels=args.channels, frames=args.frames)
-    print(protocol.report(figures))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _publish(figures, protocol.report(figures), args.json)
     return EXIT_OK
 
 
@@ -31,10 +47,7 @@ def cmd_bench_firmware(args: argparse.Namespace) -> int:
     from isopress.bench import firmware
 
     figures = firmware.run(hours=args.hours)
-    print(firmware.report(figures))
-    if args.json:
-        firmware.write_json(figures, Path(args.json))
-        print(f"wrote {args.json}")
+    _publish(figures, firmware.report(figures), args.json, firmware.write_json)
     return EXIT_OK
 
 
@@ -42,10 +55,7 @@ def cmd_bench_bridge(args: argparse.Namespace) -> int:
     from isopress.bench import bridge
 
     figures = bridge.run_bench(devices=args.devices, seconds=args.seconds)
-    print(bridge.report(figures))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _publish(figures, bridge.report(figures), args.json)
     return EXIT_FAILED if bridge.failed(figures) else EXIT_OK
 
 
@@ -56,13 +66,6 @@ def _channels(text: str) -> int:
     n = int(text)
     if not 1 <= n <= most:
         raise argparse.ArgumentTypeError(f"{n}: a telemetry frame holds 1 to {most} channels")
-    return n
-
-
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
     return n
 
 
@@ -98,7 +101,9 @@ def parser() -> argparse.ArgumentParser:
     proto = suites.add_parser("protocol", help="codec speed and wire size")
     proto.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     proto.add_argument("--channels", type=_channels, default=4, help="channels per frame (4)")
-    proto.add_argument("--frames", type=_positive, default=20_000, help="frames per run (20000)")
+    proto.add_argument(
+        "--frames", type=commands.count, default=20_000, help="frames per run (20000)"
+    )
     proto.set_defaults(func=cmd_bench_protocol)
     fw = suites.add_parser(
         "firmware", help="heap, allocation, tick time, sim speed, control on the reference plant"
@@ -112,8 +117,8 @@ def parser() -> argparse.ArgumentParser:
         "bridge", help="ingest rate, CPU, latency and clock sync with N simulated boards"
     )
     br.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    br.add_argument("--devices", type=_positive, default=32, help="simulated boards (32)")
-    br.add_argument("--seconds", type=_positive, default=20, help="measured seconds (20)")
+    br.add_argument("--devices", type=commands.count, default=32, help="simulated boards (32)")
+    br.add_argument("--seconds", type=commands.count, default=20, help="measured seconds (20)")
     br.set_defaults(func=cmd_bench_bridge)
     from isopress.bench import runner
 

@@ -54,7 +54,7 @@ import statistics
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +81,12 @@ def default_url() -> str:
 # -- units ------------------------------------------------------------------------
 
 
-def unit_name(text: str) -> str:
-    """A pressure unit as the user typed it, in its canonical spelling."""
-    for name in UNITS:
+def unit_name(text: str, units: Collection[str] = UNITS) -> str:
+    """A unit (a pressure unit unless told) as the user typed it, in its canonical spelling."""
+    for name in units:
         if text.lower() == name.lower():
             return name
-    raise argparse.ArgumentTypeError(f"{text!r}: the units are {', '.join(UNITS)}")
+    raise argparse.ArgumentTypeError(f"{text!r}: the units are {', '.join(units)}")
 
 
 def to_mpa(value: float, unit: str) -> float:
@@ -127,6 +127,17 @@ def positive(text: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be above 0")
     return v
+
+
+def count(text: str, what: str = "") -> int:
+    """A whole number, at least 1 (of `what`, for the message)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1 {what}".rstrip())
+    return n
 
 
 def channel_number(text: str) -> int:
@@ -767,6 +778,29 @@ def _device_time(view: dict[str, Any]) -> float | None:
     return view.get("device_time")
 
 
+class _Watch:
+    """A long wait's wall-clock deadline, and when to say how it is going."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        self.what, self.timeout_s = what, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.last_print = time.monotonic()
+
+    def report_due(self) -> bool:
+        """TimeoutError past the deadline; else whether to print progress now."""
+        now = time.monotonic()
+        if now > self.deadline:
+            raise TimeoutError(
+                f"{self.what} did not finish within {self.timeout_s:g} s of wall time"
+            )
+        if now - self.last_print < self.EVERY_S:
+            return False
+        self.last_print = now
+        return True
+
+
 def _wait_device_seconds(
     c: Client,
     device: str,
@@ -781,8 +815,7 @@ def _wait_device_seconds(
     start = _device_time(c.channel(device, channel))
     if start is None:
         raise RuntimeError(f"{device} channel {channel} has no samples")
-    deadline = time.monotonic() + timeout_s
-    last_print = time.monotonic()
+    watch = _Watch(what, timeout_s)
     while True:
         view = c.channel(device, channel)
         now = _device_time(view) or start
@@ -792,10 +825,7 @@ def _wait_device_seconds(
             raise RuntimeError(
                 f"{device} channel {channel} latched {', '.join(view['alarms'])} during {what}"
             )
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not finish within {timeout_s:g} s of wall time")
-        if time.monotonic() - last_print >= 30:
-            last_print = time.monotonic()
+        if watch.report_due():
             print(
                 f"  {what}: {now - start:.0f} of {seconds:.0f} s, "
                 f"{show(view.get('pressure_mpa'), unit)}",
@@ -819,8 +849,7 @@ def collect_isolated(
     board's fast clock bends."""
     points: dict[int, tuple[float, float]] = {}
     start: float | None = None
-    deadline = time.monotonic() + timeout_s
-    last_print = time.monotonic()
+    watch = _Watch("the test", timeout_s)
     for m in c.stream(device=device, channel=channel, kinds="samples", timeout=30.0):
         if m.kind == "overflow":
             raise RuntimeError("this command fell behind the bridge's stream")
@@ -839,10 +868,7 @@ def collect_isolated(
             points[d["seq"]] = (t, d["pressure_mpa"])
         if t - start >= rest + seconds:
             return sorted(points.values())
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the test did not finish within {timeout_s:g} s of wall time")
-        if time.monotonic() - last_print >= 30:
-            last_print = time.monotonic()
+        if watch.report_due():
             print(
                 f"  leak-down: {t - start:.0f} of {rest + seconds:.0f} s, "
                 f"{show(d.get('pressure_mpa'), unit)}",
@@ -939,24 +965,32 @@ def _device_channel(p: argparse.ArgumentParser) -> None:
     p.add_argument("channel", type=channel_number, metavar="CHANNEL", help="channel number")
 
 
+def _command(
+    sub: Any, name: str, run: Callable[[argparse.Namespace], int], **kw: Any
+) -> argparse.ArgumentParser:
+    """A command that talks to a bridge; the bridge's refusals print under its name."""
+    p = sub.add_parser(name, parents=[common()], **kw)
+    p.set_defaults(func=_guard(name, run))
+    return p
+
+
 def add_parsers(sub: Any) -> None:
     """Registers status, set, profile, isolate, vent, ack, config, events, leak-test."""
-    parent = common()
-
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "status",
-        parents=[parent],
+        cmd_status,
         help="devices, channels, live state, alarms and link figures",
         description="Show the bridge, its boards and links, and every channel's live state.",
     )
     p.add_argument("--device", metavar="D", help="only this device")
     p.add_argument("--json", action="store_true", help="print the bridge's answers as JSON")
     unit_option(p)
-    p.set_defaults(func=_guard("status", cmd_status))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "set",
-        parents=[parent],
+        cmd_set,
         help="give a channel a setpoint",
         description=(
             "Give a channel a pressure setpoint. The board ramps to it at --rate (default: "
@@ -978,11 +1012,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=positive, default=600.0, metavar="S", help="--wait: give up after S s"
     )
-    p.set_defaults(func=_guard("set", cmd_set))
 
     p = sub.add_parser(
         "profile",
-        parents=[parent],
+        parents=[common()],
         help="load, start, stop, advance or show a channel's pressure profile",
         description=(
             "A channel's pressure profile runs on the board. FILE is TOML, one [[step]] "
@@ -1009,19 +1042,20 @@ def add_parsers(sub: Any) -> None:
     unit_option(p, "what is shown")
     p.set_defaults(func=_profile_entry(p))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "isolate",
-        parents=[parent],
+        cmd_isolate,
         help="close every valve of a channel and hold its pressure",
         description="Close the channel's fill and vent valves; the pressure is held.",
     )
     _device_channel(p)
     unit_option(p)
-    p.set_defaults(func=_guard("isolate", cmd_isolate))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "vent",
-        parents=[parent],
+        cmd_vent,
         help="vent a channel down to a floor pressure and hold it",
         description=(
             "Vent the channel to --floor and hold it there. A cell in the holder loses "
@@ -1032,11 +1066,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--floor", type=non_negative, default=0.0, metavar="P", help="(0)")
     p.add_argument("--yes", action="store_true", help="do not ask")
     unit_option(p)
-    p.set_defaults(func=_guard("vent", cmd_vent))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "ack",
-        parents=[parent],
+        cmd_ack,
         help="clear latched alarms whose cause has gone",
         description=(
             "Acknowledge latched alarms (default: every active one). An alarm whose cause "
@@ -1045,11 +1079,11 @@ def add_parsers(sub: Any) -> None:
     )
     _device_channel(p)
     p.add_argument("alarms", nargs="*", metavar="ALARM", help="e.g. OVERPRESSURE SENSOR_FAULT")
-    p.set_defaults(func=_guard("ack", cmd_ack))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "config",
-        parents=[parent],
+        cmd_config,
         help="read or set a configuration key of a board or a channel",
         description=(
             "Read KEY, or set it to VALUE in its own unit (protocol/PROTOCOL.md lists the "
@@ -1067,11 +1101,11 @@ def add_parsers(sub: Any) -> None:
         help="a channel's key (default: a board key)",
     )
     p.add_argument("--raw", action="store_true", help="VALUE is the wire integer")
-    p.set_defaults(func=_guard("config", cmd_config))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "events",
-        parents=[parent],
+        cmd_events,
         help="the boards' recorded events: alarms, trips, leak rates, profile steps",
         description=(
             "List recorded device events, oldest first, with their text (PROTOCOL.md "
@@ -1086,13 +1120,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--since", type=_utc, metavar="T", help="UTC seconds or ISO 8601 (default: 24 h ago)"
     )
-    p.add_argument("--last", type=_count, default=50, metavar="N", help="the last N (50)")
+    p.add_argument("--last", type=count, default=50, metavar="N", help="the last N (50)")
     p.add_argument("--json", action="store_true", help="as JSON")
-    p.set_defaults(func=_guard("events", cmd_events))
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "leak-test",
-        parents=[parent],
+        cmd_leak_test,
         help="leak-down test: fill, settle, isolate, measure the fall",
         description=(
             "Fill the channel to --pressure, let the gas settle while it regulates, isolate "
@@ -1122,23 +1156,12 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--leave-isolated", action="store_true", help="do not regulate afterwards")
     unit_option(p, "--pressure and what is shown")
-    p.set_defaults(func=_guard("leak-test", cmd_leak_test))
 
 
 def _utc(text: str) -> float:
     from isopress.export import parse_time
 
     return parse_time(text)
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: at least 1")
-    return n
 
 
 def _profile_entry(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

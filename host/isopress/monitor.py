@@ -344,14 +344,8 @@ def _follow(
         time.sleep(2.0)
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: at least 1 frame")
-    return n
+def _frames(text: str) -> int:
+    return commands.count(text, "frame")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -372,7 +366,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     commands.unit_option(p)
     once = p.add_mutually_exclusive_group()
     once.add_argument("--once", action="store_true", help="print one frame and exit")
-    once.add_argument("--count", type=_count, metavar="N", help="exit after N frames")
+    once.add_argument("--count", type=_frames, metavar="N", help="exit after N frames")
     p.add_argument(
         "--interval", type=commands.positive, default=0.5, metavar="S", help="redraw period (0.5)"
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 PROTOCOL = ROOT / "protocol"
+BOARDS = ROOT / "hardware" / "boards"
 
 
 class ToolMissing(RuntimeError):
@@ -25,6 +28,15 @@ def tool(name: str) -> str:
     if not found:
         raise ToolMissing(f"`{name}` not found: run `make setup`, which installs it into .venv")
     return found
+
+
+def board_profile(name: str, error: type[Exception] = LookupError) -> dict[str, Any]:
+    """hardware/boards/NAME.json; `error`, naming the known ones, if there is none."""
+    path = BOARDS / f"{name}.json"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in BOARDS.glob("*.json")))
+        raise error(f"no board profile {name!r}; known: {known}")
+    return json.loads(path.read_text())
 
 
 def micropython_env(*extra: Path) -> dict[str, str]:

@@ -32,7 +32,6 @@ from typing import Any
 
 from isopress import paths
 
-BOARDS = paths.ROOT / "hardware" / "boards"
 SIM_DIR = paths.FIRMWARE / "sim"
 
 
@@ -74,14 +73,6 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-def load_board(name: str) -> dict[str, Any]:
-    path = BOARDS / f"{name}.json"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in BOARDS.glob("*.json")))
-        raise SimError(f"no board profile {name!r}; known: {known}")
-    return json.loads(path.read_text())
-
-
 class SimProcess:
     """The simulated board as a child process with its link on a pty at `link`."""
 
@@ -101,7 +92,7 @@ class SimProcess:
         self.fs = Path(fs) if fs else Path(self._tmp.name) / "flash"
         self.fs.mkdir(parents=True, exist_ok=True)
         settings = {
-            "profile": load_board(board),
+            "profile": paths.board_profile(board, SimError),
             "plant": plant,
             "fs": str(self.fs) + "/",
             "speed": speed,

@@ -496,6 +496,11 @@ class Store:
             except sqlite3.Error as e:
                 raise self._error(e, what) from e
 
+    def _insert(self, sql: str, row: Sequence[Any], what: str) -> int:
+        """Runs an INSERT ... RETURNING id in its own transaction; the new id."""
+        with self._write(what) as conn:
+            return conn.execute(sql, row).fetchone()[0]
+
     def _dicts(
         self,
         sql: str,
@@ -611,6 +616,33 @@ class Store:
             raise StoreError("unknown", f"no device named {name!r} in {self.path} (known: {known})")
         return found
 
+    def _where(
+        self,
+        table: str,
+        device: str | None = None,
+        channel: int | None = None,
+        since_utc: float | None = None,
+        until_utc: float | None = None,
+    ) -> tuple[str, list[Any]]:
+        """' WHERE ...' (or '') that keeps `table`'s rows of `device` and
+        `channel` with since_utc <= utc < until_utc (None: any), and its
+        parameters. An unknown device raises before a bad time does."""
+        where: list[str] = []
+        params: list[Any] = []
+        if device is not None:
+            where.append(f"{table}.device = ?")
+            params.append(self._device_id(device))
+        if channel is not None:
+            where.append(f"{table}.channel = ?")
+            params.append(channel)
+        if since_utc is not None:
+            where.append(f"{table}.utc >= ?")
+            params.append(_finite(since_utc, "since_utc"))
+        if until_utc is not None:
+            where.append(f"{table}.utc < ?")
+            params.append(_finite(until_utc, "until_utc"))
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
     def upsert_device(
         self,
         name: str,
@@ -687,11 +719,8 @@ class Store:
             "SELECT d.name AS device, c.channel, c.kind, c.sensor, c.full_scale_pa, "
             "c.updated_utc FROM channels c JOIN devices d ON d.id = c.device"
         )
-        if device is None:
-            return self._dicts(sql + " ORDER BY d.name, c.channel")
-        return self._dicts(
-            sql + " WHERE c.device = ? ORDER BY c.channel", (self._device_id(device),)
-        )
+        where, params = self._where("c", device)
+        return self._dicts(sql + where + " ORDER BY d.name, c.channel", params)
 
     def sample_channels(self) -> list[tuple[str, int]]:
         """Every (device name, channel) described in `channels` or holding samples."""
@@ -749,23 +778,20 @@ class Store:
         except (TypeError, ValueError) as e:
             raise StoreError("invalid", f"calibration is not plain JSON: {e}") from e
         row = (self._device_id(device), channel, _finite(utc, "utc"), config_crc, text)
-        with self._write("recording a calibration snapshot") as conn:
-            return conn.execute(
-                "INSERT INTO calibration_snapshots (device, channel, utc, config_crc, "
-                "calibration) VALUES (?, ?, ?, ?, ?) RETURNING id",
-                row,
-            ).fetchone()[0]
+        return self._insert(
+            "INSERT INTO calibration_snapshots (device, channel, utc, config_crc, "
+            "calibration) VALUES (?, ?, ?, ?, ?) RETURNING id",
+            row,
+            "recording a calibration snapshot",
+        )
 
     def calibrations(self, device: str, channel: int | None = None) -> list[dict]:
         sql = (
             "SELECT s.id, d.name AS device, s.channel, s.utc, s.config_crc, s.calibration "
-            "FROM calibration_snapshots s JOIN devices d ON d.id = s.device WHERE s.device = ?"
+            "FROM calibration_snapshots s JOIN devices d ON d.id = s.device"
         )
-        params: list[Any] = [self._device_id(device)]
-        if channel is not None:
-            sql += " AND s.channel = ?"
-            params.append(channel)
-        return self._dicts(sql + " ORDER BY s.utc, s.id", params, json_column="calibration")
+        where, params = self._where("s", device, channel)
+        return self._dicts(sql + where + " ORDER BY s.utc, s.id", params, json_column="calibration")
 
     # -- runs ------------------------------------------------------------
 
@@ -794,12 +820,12 @@ class Store:
             self._device_id(device),
             channel,
         )
-        with self._write(f"starting a run for cell {cell_id!r}") as conn:
-            return conn.execute(
-                "INSERT INTO runs (cell_id, holder, cycler, cycler_channel, operator, notes, "
-                "started_utc, device, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                row,
-            ).fetchone()[0]
+        return self._insert(
+            "INSERT INTO runs (cell_id, holder, cycler, cycler_channel, operator, notes, "
+            "started_utc, device, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            row,
+            f"starting a run for cell {cell_id!r}",
+        )
 
     def stop_run(self, run_id: int, stopped_utc: float) -> None:
         stopped = _finite(stopped_utc, "stopped_utc")
@@ -830,12 +856,8 @@ class Store:
         return rows[0]
 
     def runs(self, device: str | None = None) -> list[dict]:
-        if device is None:
-            return self._dicts(self._RUN_SQL + " ORDER BY r.started_utc, r.id")
-        return self._dicts(
-            self._RUN_SQL + " WHERE r.device = ? ORDER BY r.started_utc, r.id",
-            (self._device_id(device),),
-        )
+        where, params = self._where("r", device)
+        return self._dicts(self._RUN_SQL + where + " ORDER BY r.started_utc, r.id", params)
 
     # -- samples ---------------------------------------------------------
 
@@ -1089,21 +1111,8 @@ class Store:
         channel: int | None,
         limit: int | None,
     ) -> tuple[str, list[Any]]:
-        where, params = [], []
-        if device is not None:
-            where.append("e.device = ?")
-            params.append(self._device_id(device))
-        if channel is not None:
-            where.append("e.channel = ?")
-            params.append(channel)
-        if since_utc is not None:
-            where.append("e.utc >= ?")
-            params.append(_finite(since_utc, "since_utc"))
-        if until_utc is not None:
-            where.append("e.utc < ?")
-            params.append(_finite(until_utc, "until_utc"))
-        sql = self._EVENT_SQL + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY e.utc, d.name, e.event_seq"
+        where, params = self._where("e", device, channel, since_utc, until_utc)
+        sql = self._EVENT_SQL + where + " ORDER BY e.utc, d.name, e.event_seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return sql, params
@@ -1164,12 +1173,12 @@ class Store:
             result,
             None if result is None else utc,
         )
-        with self._write(f"logging command {message}") as conn:
-            return conn.execute(
-                "INSERT INTO commands (utc, client, device, channel, message, args, seq, result, "
-                "result_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                row,
-            ).fetchone()[0]
+        return self._insert(
+            "INSERT INTO commands (utc, client, device, channel, message, args, seq, result, "
+            "result_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            row,
+            f"logging command {message}",
+        )
 
     def set_command_result(
         self, command_id: int, result: str | int, utc: float, value: int | None = None
@@ -1192,15 +1201,8 @@ class Store:
             "c.seq, c.result, c.result_utc, c.value FROM commands c "
             "JOIN devices d ON d.id = c.device"
         )
-        where, params = [], []
-        if device is not None:
-            where.append("c.device = ?")
-            params.append(self._device_id(device))
-        if since_utc is not None:
-            where.append("c.utc >= ?")
-            params.append(_finite(since_utc, "since_utc"))
-        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.utc, c.id"
-        return self._dicts(sql, params, json_column="args")
+        where, params = self._where("c", device, since_utc=since_utc)
+        return self._dicts(sql + where + " ORDER BY c.utc, c.id", params, json_column="args")
 
     def add_gap(
         self,
@@ -1222,19 +1224,15 @@ class Store:
             _finite(detected_utc, "detected_utc"),
             reason,
         )
-        with self._write(f"recording a gap in {device}'s {row[1]} stream") as conn:
-            return conn.execute(_INSERT_GAP, row).fetchone()[0]
+        return self._insert(_INSERT_GAP, row, f"recording a gap in {device}'s {row[1]} stream")
 
     def gaps(self, device: str | None = None) -> list[dict]:
         sql = (
             "SELECT g.id, d.name AS device, g.stream, g.first_seq, g.last_seq, "
             "g.detected_utc, g.reason FROM gaps g JOIN devices d ON d.id = g.device"
         )
-        if device is None:
-            return self._dicts(sql + " ORDER BY g.detected_utc, g.id")
-        return self._dicts(
-            sql + " WHERE g.device = ? ORDER BY g.detected_utc, g.id", (self._device_id(device),)
-        )
+        where, params = self._where("g", device)
+        return self._dicts(sql + where + " ORDER BY g.detected_utc, g.id", params)
 
     def add_cycler_event(
         self,
@@ -1247,8 +1245,7 @@ class Store:
     ) -> int:
         """Record what the cycler told us (e.g. kind "CYCLE", cycle 12)."""
         row = (self._device_id(device), channel, _finite(utc, "utc"), kind, cycle)
-        with self._write("recording a cycler event") as conn:
-            return conn.execute(_INSERT_CYCLER_EVENT, row).fetchone()[0]
+        return self._insert(_INSERT_CYCLER_EVENT, row, "recording a cycler event")
 
     def cycler_events(
         self,
@@ -1259,17 +1256,10 @@ class Store:
     ) -> list[dict]:
         sql = (
             "SELECT c.id, d.name AS device, c.channel, c.utc, c.kind, c.cycle "
-            "FROM cycler_events c JOIN devices d ON d.id = c.device "
-            "WHERE c.device = ? AND c.channel = ?"
+            "FROM cycler_events c JOIN devices d ON d.id = c.device"
         )
-        params: list[Any] = [self._device_id(device), channel]
-        if since_utc is not None:
-            sql += " AND c.utc >= ?"
-            params.append(_finite(since_utc, "since_utc"))
-        if until_utc is not None:
-            sql += " AND c.utc < ?"
-            params.append(_finite(until_utc, "until_utc"))
-        return self._dicts(sql + " ORDER BY c.utc, c.id", params)
+        where, params = self._where("c", device, channel, since_utc, until_utc)
+        return self._dicts(sql + where + " ORDER BY c.utc, c.id", params)
 
     # -- boots: sequence epochs across board resets -----------------------
 

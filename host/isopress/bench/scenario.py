@@ -17,7 +17,6 @@ host_gone, bit_errors) and host commands become timed actions.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import tomllib
 from collections.abc import Mapping
@@ -30,7 +29,6 @@ from isopress.bench.metrics import Criterion, Options, metric_known
 from isopress.protocol import wire
 from isopress.sim import plant as plant_mod
 
-BOARDS = paths.ROOT / "hardware" / "boards"
 REFERENCE = paths.FIRMWARE / "sim" / "reference.toml"
 CONTROLLERS = ("isopress", "bangbang", "manual")
 BOARD_FAULTS = ("reset", "config_corrupt", "host_gone", "bit_errors")
@@ -183,14 +181,6 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
             base[k] = copy.deepcopy(v)
 
 
-def load_board(name: str) -> dict[str, Any]:
-    path = BOARDS / f"{name}.json"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in BOARDS.glob("*.json")))
-        raise ScenarioError(f"no board profile {name!r}; known: {known}")
-    return json.loads(path.read_text())
-
-
 def load(path: Path | str) -> Scenario:
     """Reads and checks a scenario file; ScenarioError says what is wrong."""
     path = Path(path)
@@ -216,7 +206,7 @@ def load(path: Path | str) -> Scenario:
     if not isinstance(tags, list) or not all(isinstance(x, str) for x in tags):
         raise w.fail("tags", "expected a list of strings")
 
-    board = load_board(_str(w, "board", doc.get("board", "sim"), ("sim",)))
+    board = paths.board_profile(_str(w, "board", doc.get("board", "sim"), ("sim",)), ScenarioError)
     have = [c["channel"] for c in board["channels"]]
     channels = doc.get("channels", have)
     if (

@@ -6,8 +6,16 @@
 # Pressure is Pa (gauge) everywhere, as an int; for a load cell it is the
 # stack pressure, force / electrode area, which the calibration produces
 # directly (the device builds it with the area folded in).
+#
+# Two views of the measurement: `pressure` is what the sensor said (telemetry,
+# the log, the over-pressure trip, whose persistence window is its own spike
+# filter), `accepted` the last sample the spike gate (outlier.py) let through
+# to the regulator, which the excursion record also judges, so that one wild
+# sample neither opens a valve nor writes a false excursion into the record.
 import wire
+from cylinder import Cylinder
 from micropython import const
+from outlier import SpikeGate
 from regulator import Regulator
 from supervisor import (
     HOLD,
@@ -63,6 +71,7 @@ class Channel:
         self.ramp_down = 500000
         # State.
         self.pressure = 0
+        self.accepted = 0
         self.raw = 0
         self.sensor_fault = 0
         self.config_bad = False
@@ -83,7 +92,8 @@ class Channel:
         self.fill_count = 0  # actuations (openings) since boot
         self.vent_count = 0
         self.source = 0  # who set the target: 0 host, 1 profile
-        self.reg = Regulator(tick_ms, full_scale)
+        self.reg = (Cylinder if kind == UNIAXIAL else Regulator)(tick_ms, full_scale)
+        self.gate = SpikeGate(self.reg)
         self.sup = Supervisor(self)
         self.on_change = None  # called (cold path) when target or mode changes
         # Analog control mode (proportional.py): the device fits `prop` where
@@ -111,8 +121,9 @@ class Channel:
             return OUT_OF_RANGE
         start = self.setpoint
         if self.mode not in (HOLD, RAMP, VENT):
-            # From rest the ramp starts where the pressure is.
-            start = self.pressure if self.measured else 0
+            # From rest the ramp starts where the pressure is (not where a
+            # spike said it was).
+            start = self.accepted if self.measured else 0
         limit = self.ramp_up if target >= start else self.ramp_down
         if rate == 0:
             rate = limit
@@ -213,6 +224,7 @@ class Channel:
             self.pressure = self.cal.value(s.signal)
             if not self.measured:
                 self.measured = True
+                self.accepted = self.pressure
                 self.setpoint = self.pressure
                 self.target = self.pressure
         return fresh
@@ -225,7 +237,19 @@ class Channel:
         reg = self.reg
         sh = reg.shift
         if self.measured:
-            reg.observe(self.pressure >> sh, self.fill_ms_last, self.vent_ms_last, fresh)
+            fm = self.fill_ms_last
+            vm = self.vent_ms_last
+            if self.control:
+                # The proportional regulator moves the pressure without the
+                # valves the model knows of: nothing to judge against.
+                ok = fresh
+            else:
+                # A held-back sample is, for the regulator, a tick without
+                # one: the model advances and the flow waits for the next.
+                ok = self.gate.judge(self.pressure >> sh, fresh, fm, vm)
+            if ok:
+                self.accepted = self.pressure
+            reg.observe(self.accepted >> sh, fm, vm, ok)
         self.sup.check(self.tick_ms)
         mode = self.mode
         fill_ms = 0

@@ -10,8 +10,9 @@
 #   fill time-out: fill open for `fill_timeout` ms (summed over pulses)
 #       without a rise of `fill_min_rise` -> supply lost or a leak the fill
 #       cannot beat: ISOLATED, latched. Like a 3D printer's heater watch.
-#   rise with the fill closed beyond `rise_alarm` above setpoint (stuck or
-#       leaking fill valve): alarm; the regulator vents back to setpoint.
+#   rise with the fill closed (a leaking fill seat: gas entering that the
+#       regulator has to vent, minute after minute), or a vent that does not
+#       lower the pressure (stuck closed): alarm; the regulator vents back.
 #   leak: the fall the regulator had to make up over `leak_window`, as a
 #       LEAK_RATE event; alarm when faster than `leak_alarm`.
 #   excursion below setpoint - `tolerance`: an EXCURSION event with start,
@@ -54,7 +55,8 @@ TRIPPED = _M["TRIPPED"]
 VENT = _M["VENT"]
 MONITOR = _M["MONITOR"]
 
-RISE_WINDOW = const(600000)  # ms
+RISE_WINDOW = const(600000)  # ms: a rise of rise_alarm over this long alarms
+RISE_PARTS = const(3)  # ...when each third of it (or a shorter part) saw its share
 
 _BIT = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 
@@ -70,6 +72,12 @@ class Supervisor:
     def __init__(self, ch):
         self.ch = ch
         self.trip_persist = 200
+        # The excursion average: 2**exc_k ticks, about a second.
+        n = 1000 // ch.tick_ms
+        k = 0
+        while (2 << k) <= n:
+            k += 1
+        self.exc_k = k
         self.tolerance = 0
         self.fill_timeout = 10000
         self.fill_min_rise = 0
@@ -83,13 +91,23 @@ class Supervisor:
         self.fill_open_ms = 0  # fill open time in the present window
         self.fill_idle_ms = 0  # fill closed since, ms
         self.fill_base = 0  # pressure when the window began
-        self.rise_ms = 0
-        self.rise_base = 0
+        self.rise_ms = 0  # the present part of the rise watch, ms (0: none)
+        self.rise_base = 0  # settled pressure when the part began, Pa
+        self.rise_run = 0  # parts in a row that each saw their share of inflow
+        self.rise_rate = 0  # the last one's inflow, Pa per 1.024 s
+        self.rise_in = False  # gas came in with the fill closed
+        self.vent_ms = 0  # far vent open time in the present window, ms
+        self.vent_idle_ms = 0
+        self.vent_base = 0  # settled pressure when the window began, Pa
+        self.vent_need = 0  # the fall that shows the vent works, Pa
+        self.vent_bad = False  # the vent did not lower the pressure
         self.exc_on = False
         self.exc_armed = False
         self.exc_sp = 0
         self.exc_ms = 0
         self.exc_min = 0
+        self.exc_p = 0  # the average, Pa
+        self.exc_new = True  # the average starts at the next sample
         self.leak_ms = 0
         self.leak_start = 0
         self.leak_flow = 0
@@ -156,23 +174,24 @@ class Supervisor:
             return
         if not regulating:
             self._excursion_end(p)
+            self.exc_new = True
+            self.rise_ms = 0
+            self.vent_ms = 0
             return
         sp = ch.setpoint
         # The alarms below judge the filtered pressure, not one noisy sample.
         pf = ch.filtered_pa()
         # Rise with the fill closed: the regulator vents it back; this says
-        # why. What counts is how much the pressure rose while the fill stayed
-        # closed, the vented gas included (the regulator hides the rise by
-        # venting it), over windows of RISE_WINDOW: the oven's swing at
-        # +-1 K moves 5 MPa by 34 kPa per half period, below the default
-        # rise_alarm (0.5 % FS); a leaking fill seat is many times that.
+        # why (_rise, _vent_watch).
         if self.rise_alarm:
             self._rise(dt, pf)
+            self._vent_watch(dt, pf)
         self._below_min(pf)
-        # Excursions on the samples themselves: the filter leans on the
-        # regulator's model, which a fault (a vent stuck open) makes wrong;
-        # the tolerance (0.25 % FS) is five times the sensor's noise.
-        self._excursion(dt, p, sp)
+        # Excursions on the samples the spike gate accepted (outlier.py),
+        # averaged over about a second (_excursion), not on the regulator's
+        # filter: that leans on its model, which a fault (a vent stuck open)
+        # or a slow tick makes wrong.
+        self._excursion(dt, ch.accepted, sp)
         self._leak(dt, pf)
 
     def _fill_watch(self, dt, p):
@@ -197,22 +216,93 @@ class Supervisor:
                 self.fill_open_ms = 0
 
     def _rise(self, dt, pf):
+        # Gas entering with the fill closed: the rise of the settled pressure,
+        # the gas the regulator vented included (it hides the rise by venting
+        # it), summed over parts of at least 2.5 thermal time constants.
+        # Alarm when RISE_PARTS parts in a row each saw rise_alarm / RISE_PARTS
+        # and the inflow did not die away from one part to the next (a part
+        # that has its share ends at once, so a fast leak alarms within
+        # RISE_PARTS x 2.5 tau; a slow one within RISE_WINDOW). A leaking
+        # fill seat keeps coming; what else raises the settled pressure is
+        # over within a few time constants: the gas warming back after a step
+        # down (the model's error on it), a hot oven (+60 K is 1 MPa at
+        # 5 MPa), the vented gas mis-counted during a fast step. Such a
+        # transient falls by e**2.5 = 12x from one part to the next, which
+        # ends the run (a fall below a quarter). The oven's swing, +-1 K an
+        # hour, moves 5 MPa by at most 9 kPa in a part of 200 s, below the
+        # share of the default rise_alarm (0.5 % FS: 17 kPa a part).
         ch = self.ch
         reg = ch.reg
         if ch.fill_ms_last or self.rise_ms == 0:
-            # (Re)start the window at the present settled pressure.
-            self.rise_ms = dt
-            self.rise_base = ch.settled_pa()
-            reg.vent_sum = 0
+            # The fill let gas in on purpose: start again.
+            self.rise_run = 0
+            self.rise_rate = 0
+            self._rise_part()
             return
         self.rise_ms += dt
+        if self.rise_ms < 5 * reg.tau // 2:
+            return
+        share = self.rise_alarm // RISE_PARTS
         rise = ch.settled_pa() - self.rise_base - (reg.vent_sum << reg.shift)
-        if rise > self.rise_alarm:
-            self._raise(RISE_FILL_CLOSED, pf, ch.setpoint + self.rise_alarm)
-        if self.rise_ms >= RISE_WINDOW:
-            if rise < self.rise_alarm // 2:
-                self._clear(RISE_FILL_CLOSED)
-            self.rise_ms = 0
+        if rise >= share:
+            rate = rise // ((self.rise_ms >> 10) + 1)
+            if rate < self.rise_rate // 4:
+                self.rise_run = 0  # dying away: a transient's tail
+            self.rise_run += 1
+            self.rise_rate = rate
+            if self.rise_run >= RISE_PARTS:
+                self.rise_in = True
+                self._raise(RISE_FILL_CLOSED, pf, self.rise_base + share)
+            self._rise_part()
+        elif self.rise_ms >= RISE_WINDOW // RISE_PARTS:
+            self.rise_run = 0
+            self.rise_rate = 0
+            if rise < share // 2:
+                self.rise_in = False
+                if not self.vent_bad:
+                    self._clear(RISE_FILL_CLOSED)
+            self._rise_part()
+
+    def _rise_part(self):
+        reg = self.ch.reg
+        self.rise_ms = 1
+        self.rise_base = self.ch.settled_pa()
+        reg.vent_sum = 0
+
+    def _vent_watch(self, dt, pf):
+        # A vent that does not lower the pressure (stuck closed, or gas coming
+        # in faster than it leaves): the fill watch's mirror. While the
+        # regulator vents towards a setpoint well below (not a holding pulse),
+        # the settled pressure must fall by fill_min_rise (or half the way to
+        # the setpoint, whichever is less) within fill_timeout of open vent.
+        # The settled pressure, not the present one: after a step down the
+        # vent only takes off what the gas gains as it warms back, and the
+        # present pressure stays put while the settled one falls.
+        ch = self.ch
+        reg = ch.reg
+        if not ch.vent_ms_last or reg.holding:
+            self.vent_idle_ms += dt
+            if self.vent_idle_ms > 6 * self.fill_timeout:
+                self.vent_ms = 0
+            return
+        s = ch.settled_pa()
+        if self.vent_ms == 0:
+            self.vent_base = s
+            need = (s - ch.setpoint) // 2
+            self.vent_need = need if need < self.fill_min_rise else self.fill_min_rise
+        self.vent_ms += ch.vent_ms_last
+        self.vent_idle_ms = 0
+        if self.vent_base - s >= self.vent_need:
+            # It works: a new window starts with the next far vent.
+            self.vent_ms = 0
+            if self.vent_bad:
+                self.vent_bad = False
+                if not self.rise_in:
+                    self._clear(RISE_FILL_CLOSED)
+        elif self.vent_ms >= self.fill_timeout:
+            self.vent_ms = 0
+            self.vent_bad = True
+            self._raise(RISE_FILL_CLOSED, pf, self.vent_base - self.vent_need)
 
     def _below_min(self, p):
         ch = self.ch
@@ -224,27 +314,38 @@ class Supervisor:
             self._clear(BELOW_MIN)
 
     def _excursion(self, dt, p, sp):
+        # Judged on the samples averaged over about a second: one sample is
+        # the pressure plus the sensor's noise (0.05 % FS RMS), and a
+        # pressure that sits inside the tolerance (0.25 % FS) near its edge,
+        # as the gas cools after a slow ramp, would cross it on a noisy
+        # sample. The average takes the noise down to a fifth and follows a
+        # real fall within a second; the minimum is the samples' own.
         # Armed once the pressure has reached the setpoint band: the climb
         # after a raised setpoint is not an excursion, a fall after it is.
         ch = self.ch
+        if self.exc_new:
+            self.exc_new = False
+            self.exc_p = p
+        self.exc_p += (p - self.exc_p) >> self.exc_k
+        pa = self.exc_p
         rising = ch.target > sp
         if not self.exc_armed:
-            if p >= sp - self.tolerance // 2 and not rising:
+            if pa >= sp - self.tolerance // 2 and not rising:
                 self.exc_armed = True
             return
         if not self.exc_on:
-            if p < sp - self.tolerance and not rising:
+            if pa < sp - self.tolerance and not rising:
                 self.exc_on = True
                 self.exc_ms = 0
                 self.exc_min = p
                 self.exc_sp = sp
-                self._raise(EXCURSION, p, sp - self.tolerance)
+                self._raise(EXCURSION, pa, sp - self.tolerance)
             return
         self.exc_ms += dt
         if p < self.exc_min:
             self.exc_min = p
-        if p >= sp - self.tolerance // 2 or rising:
-            self._excursion_end(p)
+        if pa >= sp - self.tolerance // 2 or rising:
+            self._excursion_end(pa)
 
     def _excursion_end(self, p):
         if not self.exc_on:

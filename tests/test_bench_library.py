@@ -26,13 +26,8 @@ FILES = sorted(LIBRARY.glob("*.toml"))
 
 # What the bench found in the firmware as it stands (reported to the lead).
 CONTROLLER = {
-    "uniaxial_steps": "regulator limit-cycles at 6 MPa stack pressure (4.9-8.5 MPa), FILL_TIMEOUT",
-    "press_recipe": "3.5 MPa overshoot at the end of the 2 MPa/s ramp to 120 MPa",
-    "week_hold": "1 Hz tick: +5 kPa bias (RMS 5.2 kPa), false LEAK and EXCURSION alarms",
-    "fault_noise_spikes": "spikes drive the valves (1800 openings/h) and the pressure (35 kPa RMS)",
-    "fault_transducer_stuck": "a frozen reading is not detected; blind fills take 5 MPa to 7.4 MPa",
-    "fault_slow_leak": "LEAK_RATE reports -183 Pa/s for a 24 Pa/s leak",
-    "fault_host_gone": "false LEAK alarm (LEAK_RATE -157 Pa/s) with the 2 %/day reference leak",
+    "week_hold": "1 Hz tick: false RISE_FILL_CLOSED (the vent rate learned at 1 Hz is 2-5x "
+    "too high, the holding filter too short for one sample a second), 150 actuations/h",
 }
 QUICK = ("fault_transducer_unplugged", "fault_config_corrupt")
 

@@ -24,6 +24,7 @@ CATALOGUE = {
     "slow leak": "fault_slow_leak",
     "fast leak": "fault_fast_leak",
     "fill valve stuck open": "fault_fill_stuck_open",
+    "fill valve seat leaking": "fault_fill_seat_leak",
     "vent valve stuck closed": "fault_vent_stuck_closed",
     "over-pressure from heating": "fault_overpressure_heating",
     "host gone for an hour": "fault_host_gone",
